@@ -1,0 +1,384 @@
+"""Post-training INT8 quantisation of the image-side graphs into Q/DQ ONNX files.
+
+Only the *image* transforms may be quantised: ``latent_synthesis`` (decoder) and, on request,
+``analysis`` (encoder). The parameter graphs (``hyper_synthesis``, ``anchor_params``,
+``nonanchor_params``) compute the scale indexes and means that the range coder uses; encoder and
+decoder must reproduce them bit for bit, and an int8 rounding difference there turns into a corrupt
+stream, so they are refused outright.
+
+Format choices, made for TensorRT's explicit quantisation (which also runs as is on ONNX Runtime):
+
+* **QDQ format** (QuantizeLinear/DequantizeLinear around float ops), not QOperator: TensorRT only
+  imports Q/DQ, and an ONNX Runtime CPU session fuses the pairs into int8 kernels itself.
+* **Symmetric int8 everywhere, zero point 0**: TensorRT supports no other zero point. Weights are
+  int8 in [-127, 127] (ORT's symmetric range, which is what TensorRT requires for weights),
+  **per output channel** by default (axis 0 of Conv weights) because conv channels of learned
+  codecs differ in scale by orders of magnitude; activations are int8 per tensor, symmetric.
+* **Only Conv/ConvTranspose inputs are quantised** (TensorRT's recommended placement: Q/DQ on
+  the inputs of weighted layers); element-wise ops, depth-to-space, clipping and the uint8 output
+  stay in float.
+* **Biases stay float**: ORT's default int32 bias + DequantizeLinear is rejected by TensorRT's ONNX
+  parser ("only activation types allowed as input"); TensorRT fuses a float bias itself.
+* **Dedicated Q/DQ pairs per consumer**: TensorRT cannot fuse one Q/DQ pair shared by two layers.
+* **GDN/IGDN stay float**: their 1x1 "norm" convolution sees ``x * x``, whose dynamic range is the
+  square of the activation's; 8 bits there lose the small values that set the normalisation and
+  cost far more PSNR than the layer's compute is worth. They are detected structurally (a Conv fed
+  by ``Mul(x, x)`` or ``Pow(x, 2)``), not by node name. ``quantize_gdn=True`` quantises them too.
+
+The float graph is first passed through ``quant_pre_process`` (shape inference and ONNX-standard
+graph clean-ups only) so that the quantiser sees folded constants; all spatial axes stay symbolic,
+which is checked: the int8 graph has the same inputs and outputs, names, types and dims, as the
+float one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ckbd.calibration.data import ImageFeedReader, find_images, stage_feeds
+from ckbd.errors import CkbdError, ModelError, require
+from ckbd.runtime.atomic import atomic_path
+from ckbd.runtime.manifest import GraphEntry, Manifest, file_sha256
+from ckbd.runtime.stages import (
+    ALL_STAGES,
+    ANALYSIS,
+    ANCHOR_PARAMS,
+    HYPER_SYNTHESIS,
+    LATENT_SYNTHESIS,
+    NONANCHOR_PARAMS,
+)
+
+INT8 = "int8"
+#: Stages that may be quantised, in the order they are processed.
+QUANTIZABLE_STAGES = (LATENT_SYNTHESIS, ANALYSIS)
+#: Stages that decide scale indexes and means; quantising them would desynchronise the coder.
+PARAMETER_STAGES = (HYPER_SYNTHESIS, ANCHOR_PARAMS, NONANCHOR_PARAMS)
+METHODS = ("minmax", "entropy", "percentile")
+DEFAULT_METHOD = "entropy"
+#: All of Kodak, or a good sample of a training folder; ranges stop moving well before this.
+DEFAULT_COUNT = 24
+#: Histogram percentile for ``method="percentile"`` (of |x|, since ranges are symmetric).
+DEFAULT_PERCENTILE = 99.999
+#: Op types whose inputs get Q/DQ pairs.
+QUANTIZED_OPS = ("Conv", "ConvTranspose")
+
+
+def int8_file_name(stage: str) -> str:
+    return f"{stage}.{INT8}.onnx"
+
+
+def check_stages(stages: Sequence[str]) -> tuple[str, ...]:
+    """Validate the requested stages; refuse the parameter graphs with the reason."""
+    if isinstance(stages, str):
+        stages = [s for s in stages.split(",") if s]
+    result: list[str] = []
+    for stage in stages:
+        stage = stage.strip()
+        if stage in PARAMETER_STAGES:
+            raise CkbdError(
+                f"refusing to quantise '{stage}': the parameter graphs compute the scale indexes and "
+                "means that encoder and decoder must reproduce exactly; int8 rounding there corrupts "
+                f"streams. Only {', '.join(QUANTIZABLE_STAGES)} can be calibrated"
+            )
+        if stage not in ALL_STAGES:
+            raise CkbdError(f"unknown stage '{stage}'; choose from {', '.join(QUANTIZABLE_STAGES)}")
+        if stage not in result:
+            result.append(stage)
+    if not result:
+        raise CkbdError("no stage to calibrate")
+    return tuple(result)
+
+
+def _check_method(method: str) -> str:
+    if method not in METHODS:
+        raise CkbdError(f"unknown calibration method '{method}'; choose from {', '.join(METHODS)}")
+    return method
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """How a stage is quantised (the knobs that change the file; see the module docstring)."""
+
+    method: str = DEFAULT_METHOD
+    per_channel: bool = True
+    percentile: float = DEFAULT_PERCENTILE
+    quantize_gdn: bool = False
+
+
+def calibrate(
+    model_dir: Path,
+    images: Sequence[Path] | Path,
+    method: str = DEFAULT_METHOD,
+    count: int | None = DEFAULT_COUNT,
+    stages: Sequence[str] = (LATENT_SYNTHESIS,),
+    per_channel: bool = True,
+    threads: int = 0,
+    progress: bool = True,
+    quantize_gdn: bool = False,
+) -> Manifest:
+    """Write ``<stage>.int8.onnx`` for each stage and list it in the manifest as ``int8``.
+
+    ``images`` is a list of image files or a folder (the first ``count`` images, sorted, are
+    used). Returns the updated manifest, already saved. Each graph file and then the manifest are
+    replaced atomically, so a concurrent reader sees either the old or the new variant.
+    """
+    require("onnx", "calibration", "INT8 calibration")
+    model_dir = Path(model_dir)
+    stages = check_stages(stages)
+    settings = QuantSettings(_check_method(method), per_channel, quantize_gdn=quantize_gdn)
+    files = _select_images(images, count)
+    manifest = Manifest.load(model_dir)
+    for stage in QUANTIZABLE_STAGES:
+        if stage not in stages:
+            continue
+        float_path = _float_graph(manifest, model_dir, stage)
+        reader = ImageFeedReader(files, stage_feeds(stage, model_dir, threads), f"calibrating {stage}", progress)
+        target = model_dir / int8_file_name(stage)
+        quantize_stage(float_path, target, reader, settings)
+        manifest = Manifest.load(model_dir)  # re-read: keep whatever else changed meanwhile
+        manifest.variants.setdefault(INT8, {})[stage] = GraphEntry(target.name, file_sha256(target), INT8)
+        manifest.extra.setdefault("calibration", {})[stage] = _provenance(settings, files)
+        manifest.save(model_dir)
+    return manifest
+
+
+def _select_images(images: Sequence[Path] | Path, count: int | None) -> list[Path]:
+    if isinstance(images, (str, Path)):
+        return find_images(Path(images), count)
+    files = [Path(p) for p in images]
+    if count is not None:
+        if count < 1:
+            raise CkbdError(f"--count must be at least 1, got {count}")
+        files = files[:count]
+    if not files:
+        raise CkbdError("no calibration images given")
+    for path in files:
+        if not path.is_file():
+            raise CkbdError(f"calibration image {path} does not exist")
+    return files
+
+
+def _float_graph(manifest: Manifest, model_dir: Path, stage: str) -> Path:
+    """The fp32 graph of ``stage``, refused when its content no longer matches the manifest."""
+    entry = manifest.graphs.get(stage)
+    if entry is None:
+        raise ModelError(f"model directory {model_dir} has no '{stage}' graph to calibrate")
+    path = model_dir / entry.file
+    if not path.is_file():
+        raise ModelError(f"{path} is listed in the manifest but missing")
+    if file_sha256(path) != entry.sha256:
+        raise ModelError(f"{path} does not match its manifest hash; re-export the model before calibrating")
+    return path
+
+
+def _provenance(settings: QuantSettings, files: Sequence[Path]) -> dict[str, Any]:
+    """What the manifest records about a calibration, so a result can be traced and repeated."""
+    return {"method": settings.method, "per_channel": settings.per_channel, "images": len(files),
+            "activations": "int8 symmetric per-tensor", "weights": "int8 symmetric",
+            "quantize_gdn": settings.quantize_gdn}
+
+
+def quantize_stage(float_path: Path, target: Path, reader: ImageFeedReader, settings: QuantSettings) -> None:
+    """Pre-process, calibrate and quantise one graph; publish it atomically at ``target``."""
+    onnx = require("onnx", "calibration", "INT8 calibration")
+    with tempfile.TemporaryDirectory(prefix="ckbd-calib-") as tmp:
+        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "quantized.onnx"
+        _pre_process(float_path, prepared)
+        exclude = [] if settings.quantize_gdn else gdn_norm_convs(onnx.load(str(prepared)))
+        _quantize_static(prepared, quantized, reader, settings, exclude)
+        model = onnx.load(str(quantized))
+        float_last_outputs(model)
+        drop_unused_opsets(model)
+        with atomic_path(target) as out:
+            onnx.save(model, str(out))
+            check_quantized(float_path, out)
+            os.chmod(out, float_path.stat().st_mode & 0o777)  # mkstemp makes 0600; match the float graph
+
+
+def _pre_process(src: Path, dst: Path) -> None:
+    """Shape inference + ONNX-standard clean-ups (folds the Identity/Constant chains)."""
+    shape_inference = require("onnxruntime.quantization.shape_inference", "calibration", "INT8 calibration")
+    with _quiet():
+        shape_inference.quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+
+
+def _quantize_static(src: Path, dst: Path, reader: ImageFeedReader, settings: QuantSettings,
+                     exclude: list[str]) -> None:
+    q = require("onnxruntime.quantization", "calibration", "INT8 calibration")
+    methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+               "percentile": q.CalibrationMethod.Percentile}
+    extra: dict[str, Any] = {
+        "ActivationSymmetric": True,
+        "WeightSymmetric": True,
+        "QuantizeBias": False,
+        "DedicatedQDQPair": True,
+        "CalibTensorRangeSymmetric": True,
+        # One image per collection round: histograms/ranges are merged between rounds, so memory
+        # holds one image's activations instead of all of them.
+        "CalibStridedMinMax": 1,
+        "QDQOpTypePerChannelSupportToAxis": {"Conv": 0, "ConvTranspose": 1},
+    }
+    if settings.method == "percentile":
+        extra["CalibPercentile"] = settings.percentile
+    reader.rewind()
+    try:
+        with _quiet():
+            q.quantize_static(
+                str(src), str(dst), reader,
+                quant_format=q.QuantFormat.QDQ,
+                op_types_to_quantize=list(QUANTIZED_OPS),
+                per_channel=settings.per_channel,
+                reduce_range=False,
+                activation_type=q.QuantType.QInt8,
+                weight_type=q.QuantType.QInt8,
+                nodes_to_exclude=exclude,
+                calibrate_method=methods[settings.method],
+                extra_options=extra,
+            )
+    finally:
+        reader.close()
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the quantiser's prints and info logging; tqdm (stderr) and errors still show."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def gdn_norm_convs(model: Any) -> list[str]:
+    """Names of the Conv nodes that compute a GDN/IGDN norm: fed by ``Mul(x, x)`` or ``Pow(x, 2)``."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    constants = {init.name for init in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        if node.op_type != "Conv" or not node.input:
+            continue
+        src = producers.get(node.input[0])
+        if src is None:
+            continue
+        squared = (src.op_type == "Mul" and len(src.input) == 2 and src.input[0] == src.input[1]) or (
+            src.op_type == "Pow" and len(src.input) == 2 and src.input[1] in constants)
+        if squared:
+            names.append(node.name)
+    return names
+
+
+def check_quantized(float_path: Path, int8_path: Path) -> None:
+    """Refuse an int8 file whose I/O differs from the float graph's or that has no Q/DQ nodes."""
+    onnx = require("onnx", "calibration", "INT8 calibration")
+    ref, model = onnx.load(str(float_path)), onnx.load(str(int8_path))
+    onnx.checker.check_model(model)
+    for kind in ("input", "output"):
+        want = [_io_signature(v) for v in getattr(ref.graph, kind)]
+        got = [_io_signature(v) for v in getattr(model.graph, kind)]
+        if want != got:
+            raise ModelError(f"quantised graph {int8_path.name} changed its {kind}s: {got} != {want}")
+    ops = {node.op_type for node in model.graph.node}
+    if not {"QuantizeLinear", "DequantizeLinear"} <= ops:
+        raise ModelError(f"quantisation of {float_path.name} produced no Q/DQ nodes")
+
+
+def _io_signature(value: Any) -> tuple[str, int, tuple[int | str, ...]]:
+    tensor_type = value.type.tensor_type
+    dims = tuple(d.dim_param if d.HasField("dim_param") else d.dim_value for d in tensor_type.shape.dim)
+    return value.name, tensor_type.elem_type, dims
+
+
+def float_last_outputs(model: Any) -> list[str]:
+    """Remove the Q/DQ pair on the output of each quantised Conv that no other quantised Conv follows.
+
+    The quantiser puts a Q/DQ pair on every Conv output (ONNX Runtime needs it to fuse the layer
+    into an int8 kernel). For the last layer that output *is* the reconstruction (or, in analysis,
+    the latent about to be rounded): an 8-bit grid there is added straight onto the result, and it
+    was measured to cost about 3 dB of int8-vs-fp32 PSNR for a few percent of the run time (the last
+    synthesis layer has 12 output channels). Returns the names of the Convs changed.
+    """
+    nodes = list(model.graph.node)
+    consumers: dict[str, list[Any]] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    quantized = [n for n in nodes if n.op_type in QUANTIZED_OPS and _has_dq_input(n, nodes)]
+    rename: dict[str, str] = {}
+    removed: set[int] = set()
+    changed = []
+    for conv in quantized:
+        if _reaches_quantized_conv(conv, consumers, quantized):
+            continue
+        for q in consumers.get(conv.output[0], []):
+            if q.op_type != "QuantizeLinear":
+                continue
+            dqs = [d for d in consumers.get(q.output[0], []) if d.op_type == "DequantizeLinear"]
+            if len(dqs) != len(consumers.get(q.output[0], [])):
+                continue  # the int8 tensor itself is used somewhere: leave it
+            removed.add(id(q))
+            removed.update(id(d) for d in dqs)
+            rename.update({d.output[0]: conv.output[0] for d in dqs})
+            changed.append(conv.name)
+    if not removed:
+        return []
+    keep = [n for n in nodes if id(n) not in removed]
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    _drop_unused_initializers(model)
+    return changed
+
+
+def _has_dq_input(node: Any, nodes: Sequence[Any]) -> bool:
+    dq_outputs = {n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}
+    return any(name in dq_outputs for name in node.input[:1])
+
+
+def _reaches_quantized_conv(start: Any, consumers: dict[str, list[Any]], quantized: Sequence[Any]) -> bool:
+    """Whether another quantised Conv lies downstream of ``start`` (depth-first over consumers)."""
+    targets = {id(n) for n in quantized} - {id(start)}
+    seen: set[int] = set()
+    stack = list(start.output)
+    while stack:
+        for node in consumers.get(stack.pop(), []):
+            if id(node) in targets:
+                return True
+            if id(node) not in seen:
+                seen.add(id(node))
+                stack.extend(node.output)
+    return False
+
+
+def _drop_unused_initializers(model: Any) -> None:
+    used = {name for node in model.graph.node for name in node.input}
+    used.update(v.name for v in model.graph.output)
+    keep = [init for init in model.graph.initializer if init.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+
+def drop_unused_opsets(model: Any) -> None:
+    """Keep only the operator domains the graph uses.
+
+    ``quant_pre_process`` saves through ONNX Runtime, which lists all of its private domains
+    (com.microsoft, nchwc, ...) although no node uses them; other runtimes such as TensorRT's parser
+    should not have to know about them.
+    """
+    used = {node.domain or "" for node in model.graph.node} | {""}
+    keep = [op for op in model.opset_import if (op.domain or "") in used or op.domain == "ai.onnx"]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)

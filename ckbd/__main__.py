@@ -1,0 +1,3 @@
+from ckbd.cli.main import run
+
+run()

@@ -1,0 +1,1 @@
+"""The ``ckbd`` command line, one module per command group."""

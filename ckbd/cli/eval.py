@@ -1,0 +1,59 @@
+"""``ckbd eval``: rate-distortion of ckbd models against JPEG and WebP on a set of images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ckbd.cli.codec_options import ThreadsOption
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)
+
+
+def _qualities(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter("expected comma-separated integers, e.g. 5,10,30,50,70,90") from None
+    if not values or any(not 1 <= v <= 100 for v in values):
+        raise typer.BadParameter("qualities must lie in 1..100")
+    return sorted(set(values))
+
+
+def eval_command(
+    images: list[Path] = typer.Argument(None, help="Images or folders (default: ../shared/data/kodak)."),
+    models: list[Path] = typer.Option(None, "--model", "-m",
+                                      help="Exported model directory; repeat for an RD curve (default: the shipped model)."),
+    json_path: Path = typer.Option(None, "--json", help="Write per-image and averaged results here."),
+    plot: Path = typer.Option(None, "--plot", help="RD plot, PSNR vs bpp with the JPEG/WebP curves (PNG/SVG/PDF)."),
+    qualities: str = typer.Option("5,10,20,30,40,50,60,70,80,90,95", "--qualities",
+                                  help="Pillow quality sweep for JPEG and WebP."),
+    threads: int = ThreadsOption,
+) -> None:
+    """bpp (from the actual bytes), PSNR and MS-SSIM of each model, compared with JPEG and WebP.
+
+    One model gives one RD point: it is compared at equal bpp (Pillow curves interpolated). With
+    four or more --model directories the BD-rate (PSNR) against each Pillow curve is added.
+    """
+    from ckbd.cli.batch import expand_inputs
+    from ckbd.cli.options import default_kodak_dir
+    from ckbd.runtime.atomic import atomic_write_bytes
+    from ckbd.runtime.imageio import IMAGE_SUFFIXES
+    from ckbd.tools.rd_eval import evaluate, format_table, rd_plot_curves
+
+    paths = expand_inputs(images or [default_kodak_dir()], IMAGE_SUFFIXES)
+    model_dirs: list[Path | None] = list(models) if models else [None]
+    report = evaluate(paths, model_dirs, _qualities(qualities), threads=threads)
+    typer.echo(format_table(report))
+    if json_path is not None:
+        atomic_write_bytes(json_path, (json.dumps(report.to_dict(), indent=2) + "\n").encode())
+        typer.echo(f"wrote {json_path}")
+    if plot is not None:
+        from ckbd.tools.plots import rd_curves
+
+        rd_curves(rd_plot_curves(report), plot)
+        typer.echo(f"wrote {plot}")

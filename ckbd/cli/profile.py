@@ -1,0 +1,46 @@
+"""``ckbd profile``: per-stage encode/decode latency."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ckbd.cli.codec_options import BackendOption, ModelOption, ThreadsOption, open_codec
+
+
+def register(app: typer.Typer) -> None:
+    app.command("profile")(profile_command)
+
+
+def profile_command(
+    images: list[Path] = typer.Argument(..., help="Images or folders of images."),
+    model: Path = ModelOption,
+    backend: str = BackendOption,
+    threads: int = ThreadsOption,
+    repeat: int = typer.Option(5, "--repeat", "-r", min=1, help="Timed repeats per image (after one warm-up)."),
+    json_path: Path = typer.Option(None, "--json", help="Write per-image and mean stage times (ms)."),
+    plot: Path = typer.Option(None, "--plot", help="Stacked bar chart of the mean stage times (PNG/SVG/PDF)."),
+) -> None:
+    """Median per-stage latency of encoding and decoding, like the paper's Table 3."""
+    from ckbd.cli.batch import expand_inputs
+    from ckbd.runtime.atomic import atomic_write_bytes
+    from ckbd.runtime.codec import Decoder, Encoder
+    from ckbd.runtime.imageio import IMAGE_SUFFIXES
+    from ckbd.runtime.profiling import DECODE_STAGES, ENCODE_STAGES
+    from ckbd.tools.profile_codec import format_table, profile_images
+
+    paths = expand_inputs(images, IMAGE_SUFFIXES)
+    encoder = open_codec(Encoder, model, backend, threads)
+    decoder = open_codec(Decoder, model, backend, threads)
+    report = profile_images(encoder, decoder, paths, repeat)
+    typer.echo(format_table(report))
+    if json_path is not None:
+        atomic_write_bytes(json_path, json.dumps(report.to_dict(), indent=2).encode())
+    if plot is not None:
+        from ckbd.tools.plots import stage_bars
+
+        stages = tuple(dict.fromkeys(DECODE_STAGES + ENCODE_STAGES))
+        rows = {"decode": report.mean("decode_ms"), "encode": report.mean("encode_ms")}
+        stage_bars(rows, stages, plot, f"{report.arch} N={report.N} M={report.M} on {report.backend}")

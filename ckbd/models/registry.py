@@ -1,0 +1,36 @@
+"""Architecture names -> constructors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ckbd.errors import ModelError
+from ckbd.models.architectures import (
+    HyperpriorModel,
+    cheng2020_checkerboard,
+    mbt2018_checkerboard,
+    mbt2018_mean,
+    mbt2018_serial,
+)
+from ckbd.models.config import ModelConfig
+
+ARCHITECTURES: dict[str, Callable[[ModelConfig], HyperpriorModel]] = {
+    "mbt2018-ckbd": mbt2018_checkerboard,
+    "cheng2020-ckbd": cheng2020_checkerboard,
+    "mbt2018": mbt2018_serial,
+    "mbt2018-mean": mbt2018_mean,
+}
+
+#: Architectures whose latent M is tied to N.
+M_EQUALS_N = {"cheng2020-ckbd"}
+
+
+def build_model(config: ModelConfig) -> HyperpriorModel:
+    """Instantiate an architecture from its config (weights initialised randomly)."""
+    try:
+        factory = ARCHITECTURES[config.arch]
+    except KeyError:
+        raise ModelError(f"unknown architecture '{config.arch}'; known: {', '.join(ARCHITECTURES)}") from None
+    if config.arch in M_EQUALS_N and config.M != config.N:
+        raise ModelError(f"{config.arch} has M = N; got N={config.N}, M={config.M}")
+    return factory(config)

@@ -1,0 +1,219 @@
+"""Two-pass checkerboard encoder and decoder around the CPU range coder.
+
+Both directions walk the same schedule through the same graphs on the same backend::
+
+    z symbols -> hyper_synthesis -> anchor_params -> anchors -> nonanchor_params -> non-anchors
+
+The encoder rounds ``y - mean`` where the decoder reads symbols, and both rebuild the decoded
+latent as ``symbol + mean`` with the same numpy operation, so the scale indexes and means the
+decoder computes are bit-identical to the ones the encoder coded with. A CRC of all symbols in
+the header turns any desynchronisation into an error instead of a wrong image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ckbd.errors import BitstreamError, ImageError, ModelError
+from ckbd.runtime import bitstream as bs
+from ckbd.runtime.backend import Backend, Tensor, to_host
+from ckbd.runtime.model import CodecModel
+from ckbd.runtime.profiling import NullTimer, StageTimer
+from ckbd.runtime.stages import (
+    ANALYSIS,
+    ANCHOR_PARAMS,
+    DECODER_STAGES,
+    HYPER_SYNTHESIS,
+    LATENT_SYNTHESIS,
+    NONANCHOR_PARAMS,
+)
+
+#: Coding callback for one half: (indexes, means) -> integer symbols.
+CodeHalf = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass
+class Latents:
+    """Integer symbols and decoded latent halves of one image (what the round trip must reproduce)."""
+
+    z_symbols: np.ndarray
+    anchor_symbols: np.ndarray
+    nonanchor_symbols: np.ndarray
+    anchor_hat: np.ndarray
+    nonanchor_hat: np.ndarray
+
+    def crc32(self) -> int:
+        return bs.symbols_crc32(self.z_symbols, self.anchor_symbols, self.nonanchor_symbols)
+
+
+@dataclass
+class EncodeResult:
+    data: bytes
+    latents: Latents
+    estimated_bits: float  # ideal code length of the payloads under the model's tables
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class DecodeResult:
+    image: np.ndarray  # uint8 (H, W, 3)
+    latents: Latents
+    header: bs.Header
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class _TwoPassSchedule:
+    """The parameter passes both directions share; only how symbols are obtained differs."""
+
+    def __init__(self, model: CodecModel, timer: StageTimer) -> None:
+        self.model = model
+        self.timer = timer
+
+    def run(self, stage: str, feeds: dict[str, Tensor], keep: tuple[str, ...] = ()) -> dict[str, Tensor]:
+        with self.timer.stage(stage):
+            return self.model.runner(stage).run(feeds, keep)
+
+    def hyper(self, z_symbols: np.ndarray) -> Tensor:
+        return self.run(HYPER_SYNTHESIS, {"z_symbols": z_symbols}, keep=("hyper",))["hyper"]
+
+    def half(self, stage: str, feeds: dict[str, Tensor], code: CodeHalf, code_stage: str,
+             expect_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Parameters for one half, then its symbols via ``code``; returns (symbols, latent hat)."""
+        prefix = "anchor" if stage == ANCHOR_PARAMS else "nonanchor"
+        out = self.run(stage, feeds)
+        indexes = to_host(out[f"{prefix}_indexes"])
+        means = to_host(out[f"{prefix}_means"])
+        if indexes.shape != expect_shape:
+            raise ModelError(f"{stage} produced shape {indexes.shape}, expected {expect_shape}")
+        with self.timer.stage(code_stage):
+            symbols = code(indexes, means)
+        return symbols, symbols.astype(np.float32) + means
+
+
+class _CodecBase:
+    def __init__(self, model: CodecModel) -> None:
+        self.model = model
+        self.manifest = model.manifest
+
+    @classmethod
+    def open(cls, model_dir: Path | None = None, backend: str | Backend = "onnxruntime", **options: object):  # type: ignore[no-untyped-def]
+        """Load a model directory (the shipped default when None) on a backend by name."""
+        return cls(CodecModel.open(model_dir, backend, stages=cls.STAGES, **options))
+
+    STAGES: tuple[str, ...] = ()
+
+    def _z_indexes(self, shape: tuple[int, ...]) -> np.ndarray:
+        """z is coded with one table per channel."""
+        channels = np.arange(shape[1], dtype=np.int32).reshape(1, -1, 1, 1)
+        return np.ascontiguousarray(np.broadcast_to(channels, shape))
+
+
+class Encoder(_CodecBase):
+    """Image (uint8 H x W x 3) -> bitstream bytes."""
+
+    STAGES = (ANALYSIS, HYPER_SYNTHESIS, ANCHOR_PARAMS, NONANCHOR_PARAMS)
+
+    def encode(self, image: np.ndarray) -> bytes:
+        return self.encode_detailed(image).data
+
+    def encode_detailed(self, image: np.ndarray, timer: StageTimer | None = None) -> EncodeResult:
+        timer = timer or NullTimer()
+        height, width = _check_image(image)
+        y_coder, z_coder = self.model.y_coder, self.model.z_coder
+        sched = _TwoPassSchedule(self.model, timer)
+        out = sched.run(ANALYSIS, {"image": _to_network_input(image)})
+        y_anchor, y_nonanchor = to_host(out["y_anchor"]), to_host(out["y_nonanchor"])
+        z_symbols = np.ascontiguousarray(to_host(out["z_symbols"]), dtype=np.int32)
+        z_indexes = self._z_indexes(z_symbols.shape)
+        with timer.stage("z_encode"):
+            z_payload = z_coder.encode(z_symbols, z_indexes)
+        payloads: dict[str, bytes] = {}
+        bits = [z_coder.estimate_bits(z_symbols, z_indexes)]
+
+        def coder_for(y: np.ndarray, name: str) -> CodeHalf:
+            def code(indexes: np.ndarray, means: np.ndarray) -> np.ndarray:
+                symbols = np.rint(y - means).astype(np.int32)
+                payloads[name] = y_coder.encode(symbols, indexes)
+                bits.append(y_coder.estimate_bits(symbols, indexes))
+                return symbols
+            return code
+
+        hyper = sched.hyper(z_symbols)
+        a_sym, a_hat = sched.half(ANCHOR_PARAMS, {"hyper": hyper}, coder_for(y_anchor, "anchor"),
+                                  "anchor_encode", y_anchor.shape)
+        n_sym, n_hat = sched.half(NONANCHOR_PARAMS, {"hyper": hyper, "anchor_hat": a_hat},
+                                  coder_for(y_nonanchor, "nonanchor"), "nonanchor_encode", y_nonanchor.shape)
+        latents = Latents(z_symbols, a_sym, n_sym, a_hat, n_hat)
+        data = bs.pack(bs.Bitstream.build(
+            height=height, width=width, arch_id=self.manifest.arch_id, fingerprint_hex=self.manifest.fingerprint,
+            N=self.manifest.N, M=self.manifest.M, symbols_crc=latents.crc32(),
+            z=z_payload, anchors=payloads["anchor"], nonanchors=payloads["nonanchor"],
+        ))
+        return EncodeResult(data, latents, float(sum(bits)), dict(timer.times_ms))
+
+
+class Decoder(_CodecBase):
+    """Bitstream bytes -> image (uint8 H x W x 3)."""
+
+    STAGES = DECODER_STAGES
+
+    def __init__(self, model: CodecModel, max_pixels: int = bs.DEFAULT_MAX_PIXELS) -> None:
+        super().__init__(model)
+        self.max_pixels = max_pixels
+
+    def decode(self, data: bytes) -> np.ndarray:
+        return self.decode_detailed(data).image
+
+    def read_header(self, data: bytes) -> bs.Bitstream:
+        """Parse and validate the container against this model before anything is allocated."""
+        stream = bs.unpack(data, max_pixels=self.max_pixels)
+        m = self.manifest
+        bs.check_model(stream.header, m.arch_id, m.fingerprint, m.N, m.M)
+        return stream
+
+    def decode_detailed(self, data: bytes, timer: StageTimer | None = None) -> DecodeResult:
+        timer = timer or NullTimer()
+        stream = self.read_header(data)
+        header = stream.header
+        y_coder = self.model.y_coder
+        sched = _TwoPassSchedule(self.model, timer)
+        with timer.stage("z_decode"):
+            z_symbols = self.model.z_coder.decode(stream.z, self._z_indexes(header.z_shape))
+        hyper = sched.hyper(z_symbols)
+        a_sym, a_hat = sched.half(ANCHOR_PARAMS, {"hyper": hyper},
+                                  lambda idx, _: y_coder.decode(stream.anchors, idx), "anchor_decode",
+                                  header.half_shape)
+        n_sym, n_hat = sched.half(NONANCHOR_PARAMS, {"hyper": hyper, "anchor_hat": a_hat},
+                                  lambda idx, _: y_coder.decode(stream.nonanchors, idx), "nonanchor_decode",
+                                  header.half_shape)
+        latents = Latents(z_symbols, a_sym, n_sym, a_hat, n_hat)
+        if latents.crc32() != header.symbols_crc:
+            raise BitstreamError("checksum mismatch: the stream is corrupt or was coded with different "
+                                 "entropy parameters (another backend or precision?)")
+        out = sched.run(LATENT_SYNTHESIS, {"anchor_hat": a_hat, "nonanchor_hat": n_hat})
+        image = np.ascontiguousarray(to_host(out["image"])[0, : header.height, : header.width])
+        return DecodeResult(image, latents, header, dict(timer.times_ms))
+
+
+def _check_image(image: np.ndarray) -> tuple[int, int]:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ImageError(f"expected a uint8 H x W x 3 RGB array, got {got}")
+    height, width = image.shape[:2]
+    if height < 1 or width < 1:
+        raise ImageError(f"empty image ({height}x{width})")
+    if height * width > bs.DEFAULT_MAX_PIXELS:
+        raise ImageError(f"{width}x{height} exceeds the {bs.DEFAULT_MAX_PIXELS}-pixel limit")
+    return height, width
+
+
+def _to_network_input(image: np.ndarray) -> np.ndarray:
+    """Edge-pad to a multiple of 64 (cropped back after decoding) and lay out as float NCHW."""
+    height, width = image.shape[:2]
+    padded_h, padded_w = bs.padded_size(height, width)
+    padded = np.pad(image, ((0, padded_h - height), (0, padded_w - width), (0, 0)), mode="edge")
+    return np.ascontiguousarray(padded.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255.0)

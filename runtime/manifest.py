@@ -1,0 +1,112 @@
+"""The model directory's manifest: what was exported, from what, and how to code with it.
+
+A model directory holds one ONNX graph per stage, the entropy tables (``y_tables.npz``,
+``z_tables.npz``) and
+``manifest.json``. The manifest is validated on load so that a half-copied or hand-edited
+directory fails with a clear message instead of producing a wrong image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ckbd.errors import ModelError
+
+MANIFEST_NAME = "manifest.json"
+Y_TABLES_NAME = "y_tables.npz"
+Z_TABLES_NAME = "z_tables.npz"
+FORMAT_VERSION = 1
+
+#: Architecture ids as carried in bitstreams; never renumber.
+ARCH_IDS = {"mbt2018-ckbd": 1, "cheng2020-ckbd": 2, "mbt2018": 3, "mbt2018-mean": 4}
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    """One exported graph: its file (relative to the model dir), content hash and precision."""
+
+    file: str
+    sha256: str
+    precision: str = "fp32"
+
+
+@dataclass
+class Manifest:
+    arch: str
+    N: int
+    M: int
+    anchor_parity: str  # "even": anchors where (row + col) is even
+    fingerprint: str  # hex; identifies weights + config + tables, carried by every bitstream
+    scale_table: list[float]
+    opset: int
+    graphs: dict[str, GraphEntry] = field(default_factory=dict)
+    # Alternative precisions of a stage, e.g. {"int8": {"latent_synthesis": GraphEntry(...)}}.
+    variants: dict[str, dict[str, GraphEntry]] = field(default_factory=dict)
+    # Entropy tables (EntropyTables .npz): Gaussian scale-table bins for y, per-channel for z.
+    y_tables: str = Y_TABLES_NAME
+    z_tables: str = Z_TABLES_NAME
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def arch_id(self) -> int:
+        return ARCH_IDS[self.arch]
+
+    def graph_path(self, model_dir: Path, stage: str, precision: str = "fp32") -> Path:
+        """The file to load for ``stage``, preferring a variant of ``precision`` when listed."""
+        entry = self.variants.get(precision, {}).get(stage) if precision != "fp32" else None
+        entry = entry or self.graphs.get(stage)
+        if entry is None:
+            raise ModelError(f"model directory {model_dir} has no '{stage}' graph")
+        return model_dir / entry.file
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    def save(self, model_dir: Path) -> None:
+        from ckbd.runtime.atomic import atomic_write_bytes
+
+        atomic_write_bytes(model_dir / MANIFEST_NAME, self.to_json().encode())
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Manifest:
+        try:
+            graphs = {k: GraphEntry(**v) for k, v in raw.pop("graphs", {}).items()}
+            variants = {
+                p: {k: GraphEntry(**v) for k, v in stages.items()}
+                for p, stages in raw.pop("variants", {}).items()
+            }
+            manifest = cls(graphs=graphs, variants=variants, **raw)
+        except TypeError as exc:
+            raise ModelError(f"manifest has unexpected or missing fields: {exc}") from None
+        if manifest.format_version != FORMAT_VERSION:
+            raise ModelError(
+                f"manifest format {manifest.format_version} is not supported "
+                f"(this ckbd reads {FORMAT_VERSION}); re-export the model"
+            )
+        if manifest.arch not in ARCH_IDS:
+            raise ModelError(f"unknown architecture '{manifest.arch}' in manifest")
+        return manifest
+
+    @classmethod
+    def load(cls, model_dir: Path) -> Manifest:
+        path = Path(model_dir) / MANIFEST_NAME
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ModelError(f"{model_dir} is not a model directory (no {MANIFEST_NAME})") from None
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot read {path}: {exc}") from None
+        return cls.from_dict(raw)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

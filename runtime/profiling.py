@@ -1,0 +1,44 @@
+"""Per-stage wall-clock timing, shared by the codec, ``ckbd profile`` and the benchmarks."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+DECODE_STAGES = ("z_decode", "hyper_synthesis", "anchor_params", "anchor_decode",
+                 "nonanchor_params", "nonanchor_decode", "latent_synthesis")
+ENCODE_STAGES = ("analysis", "z_encode", "hyper_synthesis", "anchor_params", "anchor_encode",
+                 "nonanchor_params", "nonanchor_encode")
+
+
+@dataclass
+class StageTimer:
+    """Accumulates milliseconds per stage name for one encode or decode."""
+
+    times_ms: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times_ms[name] = self.times_ms.get(name, 0.0) + (time.perf_counter() - start) * 1e3
+
+
+class NullTimer(StageTimer):
+    """Timer that records nothing: the codec's default, so timing costs nothing unless asked for."""
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        yield
+
+
+def median_times(runs: list[dict[str, float]], stages: tuple[str, ...]) -> dict[str, float]:
+    """Median per stage over repeated runs, plus ``total`` (median of per-run sums)."""
+    result = {s: statistics.median(r.get(s, 0.0) for r in runs) for s in stages}
+    result["total"] = statistics.median(sum(r.get(s, 0.0) for s in stages) for r in runs)
+    return result

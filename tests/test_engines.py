@@ -1,0 +1,771 @@
+"""TensorRT engine tooling: everything that can be checked without TensorRT or a GPU.
+
+Metadata and its mismatch messages, size profiles and per-stage shapes, the precision policy, the
+``ckbd build`` command, lazy imports, the reusable buffer layer (on a fake CUDA API) and the
+runner's binding logic (on a fake engine). What needs the real thing skips with its reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import subprocess
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from ckbd.engines.builder import (
+    DEFAULT_PROFILE,
+    BuildOptions,
+    ImageSize,
+    SizeProfile,
+    allows_tf32,
+    available_precisions,
+    build_engines,
+    exported_stages,
+    parse_size,
+    resolve_dim,
+    stage_input_shapes,
+    stage_precision,
+    stage_profile_shapes,
+)
+from ckbd.engines.cuda_memory import CudaApi, DeviceProperties, HostDeviceBuffer, PinnedMemory
+from ckbd.engines.metadata import (
+    EngineMetadata,
+    Expected,
+    check_compatible,
+    engine_path,
+    mismatches,
+    missing_engine_error,
+    read_metadata,
+    rebuild_command,
+    sidecar_path,
+    write_metadata,
+)
+from ckbd.errors import CkbdError, MissingDependencyError, ModelError, ModelMismatchError
+from ckbd.runtime.manifest import GraphEntry, Manifest
+from ckbd.runtime.stages import (
+    ALL_STAGES,
+    ANALYSIS,
+    ANCHOR_PARAMS,
+    HYPER_SYNTHESIS,
+    LATENT_SYNTHESIS,
+    NONANCHOR_PARAMS,
+)
+
+NO_TENSORRT = "TensorRT is not installed (cannot be installed on this workplace)"
+
+
+def _has_real_tensorrt() -> bool:
+    try:
+        module = importlib.import_module("tensorrt")
+    except ImportError:
+        return False
+    return hasattr(module, "Builder")  # tensorrt-stubs alone imports as an empty namespace
+
+
+HAS_TENSORRT = _has_real_tensorrt()
+needs_no_tensorrt = pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
+needs_tensorrt = pytest.mark.skipif(not HAS_TENSORRT, reason=NO_TENSORRT)
+
+M, N = 192, 128
+
+
+# --- fixtures --------------------------------------------------------------------------------
+
+
+def _entry(model_dir: Path, name: str, content: bytes) -> GraphEntry:
+    (model_dir / name).write_bytes(content)
+    return GraphEntry(file=name, sha256=hashlib.sha256(content).hexdigest())
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    """A model directory with (fake) graphs for every stage and an fp16 latent-synthesis variant."""
+    folder = tmp_path / "model dir"
+    folder.mkdir()
+    graphs = {
+        stage: _entry(folder, f"{stage}.onnx", f"graph {stage}".encode()) for stage in ALL_STAGES
+    }
+    fp16 = {LATENT_SYNTHESIS: _entry(folder, "latent_synthesis.fp16.onnx", b"fp16 graph")}
+    manifest = Manifest(
+        arch="mbt2018-ckbd",
+        N=N,
+        M=M,
+        anchor_parity="even",
+        fingerprint="ab" * 16,
+        scale_table=[0.11, 0.2],
+        opset=17,
+        graphs=graphs,
+        variants={"fp16": fp16},
+    )
+    manifest.save(folder)
+    return folder
+
+
+def _metadata(**changes: Any) -> EngineMetadata:
+    fields: dict[str, Any] = dict(
+        stage=LATENT_SYNTHESIS,
+        precision="fp16",
+        graph_precision="fp16",
+        source_file="latent_synthesis.fp16.onnx",
+        source_sha256="1" * 64,
+        engine_sha256="2" * 64,
+        tensorrt_version="10.13.0.35",
+        gpu_name="NVIDIA H100 80GB HBM3",
+        compute_capability="9.0",
+        profile=DEFAULT_PROFILE.to_dict(),
+    )
+    fields.update(changes)
+    return EngineMetadata(**fields)
+
+
+def _expected(**changes: Any) -> Expected:
+    fields: dict[str, Any] = dict(
+        stage=LATENT_SYNTHESIS,
+        precision="fp16",
+        tensorrt_version="10.13.0.35",
+        compute_capability="9.0",
+        source_sha256="1" * 64,
+        engine_sha256="2" * 64,
+    )
+    fields.update(changes)
+    return Expected(**fields)
+
+
+# --- metadata --------------------------------------------------------------------------------
+
+
+def test_metadata_round_trip(tmp_path: Path) -> None:
+    engine = engine_path(tmp_path, LATENT_SYNTHESIS, "fp16")
+    assert engine == tmp_path / "engines" / "latent_synthesis.fp16.engine"
+    assert sidecar_path(engine).name == "latent_synthesis.fp16.json"
+    engine.parent.mkdir()
+    meta = _metadata(forced_precision=True, extra={"note": "x"})
+    write_metadata(engine, meta)
+    assert read_metadata(engine) == meta
+    assert json.loads(sidecar_path(engine).read_text())["compute_capability"] == "9.0"
+
+
+def test_metadata_unreadable_is_a_model_error(tmp_path: Path) -> None:
+    engine = tmp_path / "x.fp32.engine"
+    with pytest.raises(ModelError):
+        read_metadata(engine)
+    sidecar_path(engine).write_text('{"stage": "x"}')
+    with pytest.raises(ModelError, match="cannot read engine metadata"):
+        read_metadata(engine)
+    sidecar_path(engine).write_text(_metadata(format_version=99).to_json())
+    with pytest.raises(ModelError, match="format 99"):
+        read_metadata(engine)
+
+
+def test_matching_metadata_passes() -> None:
+    assert mismatches(_metadata(), _expected()) == []
+    check_compatible(_metadata(), _expected(), Path("m"), Path("m/engines/e"))
+
+
+@pytest.mark.parametrize(
+    ("expected", "reason"),
+    [
+        (
+            _expected(tensorrt_version="11.0.0.1"),
+            "built with TensorRT 10.13.0.35, running TensorRT 11.0.0.1",
+        ),
+        (
+            _expected(compute_capability="8.9"),
+            "compute capability 9.0 (NVIDIA H100 80GB HBM3), this GPU has 8.9",
+        ),
+        (_expected(source_sha256="3" * 64), "the model was re-exported"),
+        (_expected(engine_sha256="4" * 64), "does not match its metadata"),
+        (_expected(stage=ANCHOR_PARAMS), "not anchor_params/fp16"),
+    ],
+)
+def test_mismatch_names_reason_and_rebuild_command(expected: Expected, reason: str) -> None:
+    model_dir = Path("/models/my model")
+    with pytest.raises(ModelMismatchError) as info:
+        check_compatible(_metadata(), expected, model_dir, Path("/models/my model/engines/e"))
+    message = str(info.value)
+    assert reason in message
+    assert (
+        "Rebuild it with: ckbd build '/models/my model' --precision fp16 "
+        "--min-size 64x64 --opt-size 512x768 --max-size 2048x2048"
+    ) in message
+
+
+def test_all_mismatches_are_reported_together() -> None:
+    reasons = mismatches(_metadata(), _expected(tensorrt_version="11.1", compute_capability="10.0"))
+    assert len(reasons) == 2
+
+
+def test_rebuild_command() -> None:
+    assert rebuild_command(Path("m"), "int8") == "ckbd build m --precision int8"
+    forced = rebuild_command(
+        Path("m"), "fp16", SizeProfile.parse("64x64", "64x64", "128x128").to_dict(), True
+    )
+    assert forced == (
+        "ckbd build m --precision fp16 --min-size 64x64 --opt-size 64x64 --max-size 128x128 "
+        "--force-precision"
+    )
+
+
+def test_missing_engine_error_names_the_build_command(tmp_path: Path) -> None:
+    error = missing_engine_error(tmp_path, HYPER_SYNTHESIS, "fp32")
+    assert isinstance(error, ModelError)
+    assert f"ckbd build {tmp_path} --precision fp32" in str(error)
+    assert "hyper_synthesis.fp32.engine" in str(error)
+
+
+# --- sizes, profiles, per-stage shapes -------------------------------------------------------
+
+
+def test_parse_size() -> None:
+    assert parse_size("512x768") == ImageSize(512, 768)
+    assert parse_size(" 64 X 128 ") == ImageSize(64, 128)
+    assert str(ImageSize(512, 768)) == "512x768"
+    for bad in ("512", "512x", "x768", "512*768", "-64x64", "0x64", "axb"):
+        with pytest.raises(CkbdError):
+            parse_size(bad)
+
+
+def test_sizes_are_padded_to_64() -> None:
+    assert ImageSize(500, 700).padded() == ImageSize(512, 704)
+    profile = SizeProfile.parse("1x1", "500x700", "1080x1920")
+    assert (profile.min, profile.opt, profile.max) == (
+        ImageSize(64, 64),
+        ImageSize(512, 704),
+        ImageSize(1088, 1920),
+    )
+    assert profile.to_dict() == {"min": [64, 64], "opt": [512, 704], "max": [1088, 1920]}
+
+
+def test_profile_must_be_ordered_per_dimension() -> None:
+    with pytest.raises(CkbdError, match="min <= opt <= max in width"):
+        SizeProfile.parse("64x64", "512x768", "1024x512")
+    with pytest.raises(CkbdError, match="in height"):
+        SizeProfile.parse("1024x64", "512x768", "2048x2048")
+
+
+def test_stage_input_shapes_512x768() -> None:
+    size = parse_size("512x768")  # h = 32, w = 48
+    assert stage_input_shapes(ANALYSIS, size, M, N) == {"image": (1, 3, 512, 768)}
+    assert stage_input_shapes(HYPER_SYNTHESIS, size, M, N) == {"z_symbols": (1, N, 8, 12)}
+    assert stage_input_shapes(ANCHOR_PARAMS, size, M, N) == {"hyper": (1, 2 * M, 32, 48)}
+    assert stage_input_shapes(NONANCHOR_PARAMS, size, M, N) == {
+        "hyper": (1, 2 * M, 32, 48),
+        "anchor_hat": (1, M, 32, 24),
+    }
+    assert stage_input_shapes(LATENT_SYNTHESIS, size, M, N) == {
+        "anchor_hat": (1, M, 32, 24),
+        "nonanchor_hat": (1, M, 32, 24),
+    }
+
+
+def test_unpadded_size_is_padded_before_conversion() -> None:
+    assert stage_input_shapes(LATENT_SYNTHESIS, parse_size("500x700"), M, N)["anchor_hat"] == (
+        1,
+        M,
+        32,
+        22,
+    )
+
+
+def test_stage_profile_shapes() -> None:
+    profile = SizeProfile.parse("64x64", "512x768", "2048x2048")
+    shapes = stage_profile_shapes(HYPER_SYNTHESIS, profile, M, N)
+    assert shapes == {"z_symbols": ((1, N, 1, 1), (1, N, 8, 12), (1, N, 32, 32))}
+    latent = stage_profile_shapes(LATENT_SYNTHESIS, profile, M, N)
+    assert latent["nonanchor_hat"] == ((1, M, 4, 2), (1, M, 32, 24), (1, M, 128, 64))
+
+
+def test_resolve_dim() -> None:
+    values = {"H": 512, "W": 768, "h": 32, "w": 48, "M": 192, "N": 128}
+    assert [resolve_dim(d, values) for d in (1, "2M", "w/2", "h/4", "W")] == [1, 384, 24, 8, 768]
+    with pytest.raises(CkbdError):
+        resolve_dim("K", values)
+    with pytest.raises(CkbdError, match="not whole"):
+        resolve_dim("w/5", values)
+    with pytest.raises(CkbdError, match="unknown stage"):
+        stage_input_shapes("entropy", parse_size("64x64"), M, N)
+
+
+# --- precision policy ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("requested", ["fp32", "fp16", "int8"])
+def test_index_stages_stay_fp32(requested: str) -> None:
+    for stage in (ANALYSIS, HYPER_SYNTHESIS, ANCHOR_PARAMS, NONANCHOR_PARAMS):
+        assert stage_precision(stage, requested) == "fp32"
+        assert stage_precision(stage, requested, force=True) == requested
+    assert stage_precision(LATENT_SYNTHESIS, requested) == requested
+
+
+def test_precision_policy_rejects_unknown_and_limits_tf32() -> None:
+    with pytest.raises(CkbdError, match="unknown precision"):
+        stage_precision(LATENT_SYNTHESIS, "bf16")
+    assert allows_tf32(LATENT_SYNTHESIS)
+    assert not any(
+        allows_tf32(s) for s in (ANALYSIS, HYPER_SYNTHESIS, ANCHOR_PARAMS, NONANCHOR_PARAMS)
+    )
+
+
+def test_available_precisions_and_stages(model_dir: Path) -> None:
+    manifest = Manifest.load(model_dir)
+    assert available_precisions(manifest) == ("fp32", "fp16")
+    assert exported_stages(manifest) == ALL_STAGES
+
+
+def test_build_without_variant_fails_before_tensorrt(model_dir: Path) -> None:
+    with pytest.raises(ModelError, match="no int8 graph of 'latent_synthesis'"):
+        build_engines(model_dir, BuildOptions(precision="int8"), progress=lambda _: None)
+
+
+@needs_no_tensorrt
+def test_build_without_tensorrt_names_the_extra(model_dir: Path) -> None:
+    with pytest.raises(MissingDependencyError, match=r"pip install 'ckbd\[gpu\]'"):
+        build_engines(model_dir, BuildOptions(precision="fp16"), progress=lambda _: None)
+    assert not (model_dir / "engines").exists()
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+
+def _cli() -> typer.Typer:
+    """``ckbd`` with only the build command, so other command modules cannot affect these tests."""
+    from ckbd.cli import build
+
+    app = typer.Typer(add_completion=False)
+
+    @app.callback()
+    def _root() -> None:
+        """Force a command group (a lone command would become the app itself)."""
+
+    build.register(app)
+    return app
+
+
+def _invoke(args: list[str]) -> tuple[int, str]:
+    """Run like ``ckbd.cli.main.run``: a CkbdError becomes its message and exit code 1."""
+    result = CliRunner().invoke(_cli(), args)
+    if isinstance(result.exception, CkbdError):
+        return 1, f"error: {result.exception}"
+    return result.exit_code, result.output
+
+
+def test_build_help() -> None:
+    code, output = _invoke(["build", "--help"])
+    assert code == 0
+    for option in (
+        "--precision",
+        "--min-size",
+        "--opt-size",
+        "--max-size",
+        "--workspace",
+        "--timing-cache",
+    ):
+        assert option in output
+
+
+def test_build_rejects_bad_sizes(model_dir: Path) -> None:
+    code, output = _invoke(["build", str(model_dir), "--max-size", "huge"])
+    assert code == 1 and "not HxW" in output
+    code, output = _invoke(["build", str(model_dir), "--precision", "fp64"])
+    assert code == 2  # click's usage error
+
+
+@needs_no_tensorrt
+def test_build_command_without_tensorrt(model_dir: Path) -> None:
+    code, output = _invoke(
+        ["build", str(model_dir), "--precision", "fp16", "--opt-size", "512x768"]
+    )
+    assert code == 1
+    assert "pip install 'ckbd[gpu]'" in output
+
+
+@needs_no_tensorrt
+def test_installed_entry_point_without_tensorrt(model_dir: Path) -> None:
+    """The real ``ckbd`` entry point: build is registered and a missing extra exits 1."""
+    command = [sys.executable, "-m", "ckbd", "build", str(model_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "pip install 'ckbd[gpu]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_importing_the_backend_imports_no_gpu_package() -> None:
+    code = (
+        "import sys, ckbd.engines.trt_backend, ckbd.engines.builder, ckbd.cli.build;"
+        "loaded = [m for m in ('tensorrt', 'cuda', 'pycuda') if m in sys.modules];"
+        "print(loaded); sys.exit(1 if loaded else 0)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_no_tensorrt
+def test_backend_without_tensorrt_names_the_extra() -> None:
+    from ckbd.engines.trt_backend import TensorRTBackend
+    from ckbd.runtime.backend import create_backend
+
+    with pytest.raises(MissingDependencyError) as info:
+        TensorRTBackend()
+    assert info.value.extra == "gpu"
+    with pytest.raises(MissingDependencyError):
+        create_backend("tensorrt", precision="fp16")
+
+
+def test_cuda_python_without_a_gpu_is_a_clear_error() -> None:
+    pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed")
+    from ckbd.engines.cuda_memory import open_cuda
+
+    try:
+        api = open_cuda(0)
+    except MissingDependencyError:  # pragma: no cover - cuda-python is importable here
+        raise
+    except CkbdError as exc:
+        assert "CUDA" in str(exc)
+    else:  # a machine with a GPU
+        assert api.device_properties().name
+
+
+# --- the buffer layer on a fake CUDA API -----------------------------------------------------
+
+
+class FakeCuda(CudaApi):
+    """Device memory in host bytearrays; copies run immediately; everything is counted."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.memory: dict[int, bytearray] = {}
+        self.host_live = 0
+        self.next_ptr = 0x1000
+        self.htod = 0
+        self.dtoh = 0
+        self.syncs = 0
+
+    def activate(self) -> None:
+        pass
+
+    def device_properties(self) -> DeviceProperties:
+        return DeviceProperties("Fake GPU", (9, 0))
+
+    def device_alloc(self, nbytes: int) -> int:
+        ptr, self.next_ptr = self.next_ptr, self.next_ptr + nbytes + 0x1000
+        self.memory[ptr] = bytearray(nbytes)
+        return ptr
+
+    def device_free(self, ptr: int) -> None:
+        del self.memory[ptr]
+
+    def host_alloc(self, nbytes: int) -> PinnedMemory:
+        self.host_live += 1
+
+        def release() -> None:
+            self.host_live -= 1
+
+        return PinnedMemory(np.zeros(nbytes, np.uint8), release)
+
+    def create_stream(self) -> int:
+        return 7
+
+    def destroy_stream(self, stream: int) -> None:
+        pass
+
+    def copy_htod_async(self, dst: int, src: np.ndarray, stream: int) -> None:
+        assert stream == 7 and src.flags.c_contiguous
+        self.memory[dst][: src.nbytes] = src.tobytes()
+        self.htod += 1
+
+    def copy_dtoh_async(self, dst: np.ndarray, src: int, stream: int) -> None:
+        assert stream == 7
+        dst.reshape(-1).view(np.uint8)[:] = np.frombuffer(self.memory[src], np.uint8, dst.nbytes)
+        self.dtoh += 1
+
+    def synchronize(self, stream: int) -> None:
+        self.syncs += 1
+
+    def array(self, ptr: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        count = int(np.prod(shape))
+        return np.frombuffer(self.memory[ptr], dtype, count).reshape(shape)
+
+    def write(self, ptr: int, array: np.ndarray) -> None:
+        self.memory[ptr][: array.nbytes] = np.ascontiguousarray(array).tobytes()
+
+
+def test_buffer_grows_only_when_needed() -> None:
+    cuda = FakeCuda()
+    buffer = HostDeviceBuffer(cuda, "x")
+    assert buffer.reserve((1, 4, 8, 8), np.dtype(np.float32))
+    first = buffer.ptr
+    assert not buffer.reserve((1, 4, 4, 4), np.dtype(np.float32))  # smaller: reused
+    assert not buffer.reserve((1, 4, 8, 8), np.dtype(np.float32))
+    assert buffer.ptr == first and len(cuda.memory) == 1 and cuda.host_live == 1
+    assert buffer.reserve((1, 4, 16, 16), np.dtype(np.float32))  # larger: reallocated once
+    assert len(cuda.memory) == 1 and cuda.host_live == 1
+    buffer.free()
+    assert not cuda.memory and cuda.host_live == 0
+
+
+def test_buffer_round_trip_and_generation() -> None:
+    cuda = FakeCuda()
+    buffer = HostDeviceBuffer(cuda, "x")
+    data = np.arange(24, dtype=np.int32).reshape(1, 2, 3, 4)
+    buffer.upload(data, stream=7)
+    generation = buffer.generation
+    np.testing.assert_array_equal(cuda.array(buffer.ptr, data.shape, np.int32), data)
+    cuda.write(buffer.ptr, data * 2)
+    buffer.enqueue_download(stream=7)
+    np.testing.assert_array_equal(buffer.host_view(), data * 2)
+    buffer.reserve(data.shape, np.dtype(np.int32))
+    assert buffer.generation != generation
+
+
+# --- the runner on a fake engine -------------------------------------------------------------
+
+
+class FakeContext:
+    """Plays anchor_params: indexes = int32(hyper[:, :M, :, ::2]), means = hyper[:, M:, :, ::2]."""
+
+    def __init__(self, engine: FakeEngine) -> None:
+        self.engine = engine
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.addresses: dict[str, int] = {}
+
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        low, _, high = self.engine.profile
+        if any(not lo <= s <= hi for lo, s, hi in zip(low, shape, high, strict=True)):
+            return False
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def set_tensor_address(self, name: str, ptr: int) -> bool:
+        self.addresses[name] = ptr
+        return True
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        _, channels, h, w = self.shapes["hyper"]
+        return (1, channels // 2, h, w // 2)
+
+    def execute_async_v3(self, stream: int) -> bool:
+        cuda = self.engine.cuda
+        hyper = cuda.array(self.addresses["hyper"], self.shapes["hyper"], np.float32)
+        half = hyper.shape[1] // 2
+        cuda.write(self.addresses["anchor_indexes"], hyper[:, :half, :, ::2].astype(np.int32))
+        cuda.write(self.addresses["anchor_means"], hyper[:, half:, :, ::2])
+        return True
+
+
+class FakeEngine:
+    IO = {
+        "hyper": (1, np.float32),
+        "anchor_indexes": (2, np.int32),
+        "anchor_means": (2, np.float32),
+    }
+
+    def __init__(self, cuda: FakeCuda) -> None:
+        self.cuda = cuda
+        self.profile = ((1, 4, 1, 2), (1, 4, 4, 4), (1, 4, 8, 8))
+
+    @property
+    def num_io_tensors(self) -> int:
+        return len(self.IO)
+
+    def get_tensor_name(self, index: int) -> str:
+        return list(self.IO)[index]
+
+    def get_tensor_mode(self, name: str) -> int:
+        return self.IO[name][0]
+
+    def get_tensor_dtype(self, name: str) -> Any:
+        return self.IO[name][1]
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return (1, 4, -1, -1) if name == "hyper" else (1, 2, -1, -1)
+
+    def get_tensor_profile_shape(self, name: str, profile: int) -> tuple[tuple[int, ...], ...]:
+        return self.profile
+
+    def create_execution_context(self) -> FakeContext:
+        return FakeContext(self)
+
+
+@pytest.fixture
+def fake_runner(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, FakeCuda, Any]]:
+    """A TensorRTRunner around FakeEngine, with a stand-in ``tensorrt`` for its two lookups."""
+    fake_trt = types.SimpleNamespace(
+        TensorIOMode=types.SimpleNamespace(INPUT=1, OUTPUT=2), nptype=lambda dtype: dtype
+    )
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
+    from ckbd.engines.trt_backend import TensorRTRunner, _Session
+
+    cuda = FakeCuda()
+    session = _Session(cuda, cuda.create_stream())
+    runner = TensorRTRunner(
+        FakeEngine(cuda), ANCHOR_PARAMS, session, "ckbd build m --precision fp32"
+    )
+    yield runner, cuda, session
+    runner.close()
+
+
+def test_runner_reports_contract_specs(fake_runner: tuple[Any, FakeCuda, Any]) -> None:
+    runner, _, _ = fake_runner
+    assert [(s.name, s.dtype, s.shape) for s in runner.inputs] == [
+        ("hyper", "float32", (1, "2M", "h", "w"))
+    ]
+    assert [(s.name, s.dtype) for s in runner.outputs] == [
+        ("anchor_indexes", "int32"),
+        ("anchor_means", "float32"),
+    ]
+
+
+def test_runner_host_round_trip_reuses_buffers(fake_runner: tuple[Any, FakeCuda, Any]) -> None:
+    runner, cuda, _ = fake_runner
+    hyper = np.random.default_rng(0).normal(size=(1, 4, 4, 4)).astype(np.float64) * 10
+    out = runner.run({"hyper": hyper})
+    f32 = hyper.astype(np.float32)
+    np.testing.assert_array_equal(out["anchor_indexes"], f32[:, :2, :, ::2].astype(np.int32))
+    np.testing.assert_array_equal(out["anchor_means"], f32[:, 2:, :, ::2])
+    assert out["anchor_means"].dtype == np.float32 and cuda.syncs == 1
+    allocated = dict(cuda.memory)
+    runner.run({"hyper": f32[:, :, :2, :2]})  # smaller: no new allocation
+    assert cuda.memory.keys() == allocated.keys() and cuda.syncs == 2
+
+
+def test_runner_keeps_outputs_on_device(fake_runner: tuple[Any, FakeCuda, Any]) -> None:
+    from ckbd.engines.trt_backend import TrtDeviceTensor
+    from ckbd.runtime.backend import DeviceTensor
+
+    runner, cuda, _ = fake_runner
+    hyper = np.ones((1, 4, 2, 4), np.float32)
+    out = runner.run({"hyper": hyper}, keep={"anchor_means"})
+    kept = out["anchor_means"]
+    assert isinstance(kept, TrtDeviceTensor) and isinstance(kept, DeviceTensor)
+    assert isinstance(out["anchor_indexes"], np.ndarray) and cuda.dtoh == 1
+    assert kept.shape == (1, 2, 2, 2)
+    np.testing.assert_array_equal(kept.to_host(), np.ones((1, 2, 2, 2), np.float32))
+    runner.run({"hyper": hyper})
+    with pytest.raises(CkbdError, match="overwritten by a later run"):
+        kept.to_host()
+
+
+def test_runner_feeds_own_device_tensors_without_copy(
+    fake_runner: tuple[Any, FakeCuda, Any],
+) -> None:
+    from ckbd.engines.trt_backend import TrtDeviceTensor
+
+    runner, cuda, session = fake_runner
+    producer = HostDeviceBuffer(cuda, "hyper")
+    producer.upload(np.full((1, 4, 2, 4), 3.0, np.float32), session.stream)
+    uploads = cuda.htod
+    tensor = TrtDeviceTensor(producer, session, HYPER_SYNTHESIS)
+    out = runner.run({"hyper": tensor})
+    assert cuda.htod == uploads  # read in place: no host round trip
+    np.testing.assert_array_equal(out["anchor_indexes"], np.full((1, 2, 2, 2), 3, np.int32))
+
+    foreign = TrtDeviceTensor(producer, type(session)(cuda, 7), HYPER_SYNTHESIS)
+    runner.run({"hyper": foreign})  # another backend's tensor: copied through the host
+    assert cuda.htod == uploads + 1
+
+
+def test_runner_validates_feeds(fake_runner: tuple[Any, FakeCuda, Any]) -> None:
+    runner, _, _ = fake_runner
+    with pytest.raises(CkbdError, match="missing: hyper"):
+        runner.run({})
+    with pytest.raises(CkbdError, match="unknown: extra"):
+        runner.run({"hyper": np.zeros((1, 4, 2, 2), np.float32), "extra": np.zeros(1)})
+    with pytest.raises(CkbdError, match=r"outside what its engine was built for.*ckbd build m"):
+        runner.run({"hyper": np.zeros((1, 4, 16, 16), np.float32)})
+
+
+@pytest.fixture
+def fake_backend(
+    monkeypatch: pytest.MonkeyPatch, model_dir: Path
+) -> Iterator[tuple[Any, FakeCuda, Path]]:
+    """A TensorRTBackend whose TensorRT runtime and CUDA API are the fakes above."""
+    cuda = FakeCuda()
+    fake_trt = types.SimpleNamespace(
+        TensorIOMode=types.SimpleNamespace(INPUT=1, OUTPUT=2),
+        nptype=lambda dtype: dtype,
+        Runtime=lambda logger: types.SimpleNamespace(
+            deserialize_cuda_engine=lambda data: FakeEngine(cuda) if data == b"plan" else None
+        ),
+    )
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
+    import ckbd.engines.trt_backend as module
+
+    monkeypatch.setattr(module, "ensure_tensorrt", lambda purpose: None)
+    monkeypatch.setattr(module, "tensorrt_logger", lambda: None)
+    monkeypatch.setattr(module, "tensorrt_version", lambda: "10.13.0.35")
+    monkeypatch.setattr(module, "open_cuda", lambda device: cuda)
+    backend = module.TensorRTBackend(precision="fp32")
+    yield backend, cuda, model_dir
+    backend.close()
+
+
+def _install_engine(model_dir: Path, stage: str, plan: bytes, **changes: Any) -> Path:
+    manifest = Manifest.load(model_dir)
+    engine = engine_path(model_dir, stage, "fp32")
+    engine.parent.mkdir(exist_ok=True)
+    engine.write_bytes(plan)
+    fields: dict[str, Any] = dict(
+        stage=stage,
+        precision="fp32",
+        graph_precision="fp32",
+        source_file=manifest.graphs[stage].file,
+        source_sha256=manifest.graphs[stage].sha256,
+        engine_sha256=hashlib.sha256(plan).hexdigest(),
+        compute_capability="9.0",
+        gpu_name="Fake GPU",
+    )
+    fields.update(changes)
+    write_metadata(engine, _metadata(**fields))
+    return engine
+
+
+def test_backend_loads_a_matching_engine(fake_backend: tuple[Any, FakeCuda, Path]) -> None:
+    backend, _, model_dir = fake_backend
+    _install_engine(model_dir, ANCHOR_PARAMS, b"plan")
+    runner = backend.load(model_dir, ANCHOR_PARAMS)
+    out = runner.run({"hyper": np.full((1, 4, 2, 4), 2.0, np.float32)})
+    np.testing.assert_array_equal(out["anchor_means"], np.full((1, 2, 2, 2), 2.0, np.float32))
+
+
+def test_backend_refuses_missing_and_stale_engines(
+    fake_backend: tuple[Any, FakeCuda, Path],
+) -> None:
+    backend, _, model_dir = fake_backend
+    with pytest.raises(ModelError, match="no TensorRT engine .*ckbd build"):
+        backend.load(model_dir, HYPER_SYNTHESIS)
+    engine = _install_engine(model_dir, ANCHOR_PARAMS, b"plan", compute_capability="8.6")
+    with pytest.raises(ModelMismatchError, match="this GPU has 9.0.*Rebuild it with: ckbd build"):
+        backend.load(model_dir, ANCHOR_PARAMS)
+    _install_engine(model_dir, ANCHOR_PARAMS, b"plan", source_sha256="0" * 64)
+    with pytest.raises(ModelMismatchError, match="re-exported"):
+        backend.load(model_dir, ANCHOR_PARAMS)
+    _install_engine(model_dir, ANCHOR_PARAMS, b"plan")
+    engine.write_bytes(b"other plan")
+    with pytest.raises(ModelMismatchError, match="does not match its metadata"):
+        backend.load(model_dir, ANCHOR_PARAMS)
+    _install_engine(model_dir, ANCHOR_PARAMS, b"corrupt")
+    with pytest.raises(ModelMismatchError, match="TensorRT could not load"):
+        backend.load(model_dir, ANCHOR_PARAMS)
+
+
+# --- needs TensorRT and a GPU ----------------------------------------------------------------
+
+
+@needs_tensorrt
+def test_tensorrt_reports_its_version() -> None:
+    from ckbd.engines import tensorrt_version
+
+    assert tensorrt_version().split(".")[0] in ("10", "11")

@@ -1,0 +1,1 @@
+"""Developer tools shipped with ckbd: benchmarks and helpers that the CLI drives (no torch)."""

@@ -1,0 +1,60 @@
+"""Plots people would rather look at than tables: per-stage latency and RD curves.
+
+matplotlib is an optional extra (``ckbd[plots]``); it is imported only when a plot is asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ckbd.errors import require
+from ckbd.runtime.atomic import atomic_path
+
+
+def _pyplot():  # type: ignore[no-untyped-def]
+    mpl = require("matplotlib", "plots", "Plotting")
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def stage_bars(rows: dict[str, dict[str, float]], stages: tuple[str, ...], path: Path, title: str) -> None:
+    """Stacked horizontal bars: one bar per row label (e.g. codec/backend), one segment per stage."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * len(rows)))
+    labels = list(rows)
+    left = [0.0] * len(labels)
+    for stage in stages:
+        widths = [rows[label].get(stage, 0.0) for label in labels]
+        ax.barh(labels, widths, left=left, label=stage)
+        left = [a + b for a, b in zip(left, widths)]
+    ax.set_xlabel("milliseconds (median)")
+    ax.set_title(title)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=4, fontsize="small")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def rd_curves(curves: dict[str, list[tuple[float, float]]], path: Path, ylabel: str = "PSNR (dB)") -> None:
+    """Rate-distortion curves: {label: [(bpp, quality), ...]}."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for label, points in curves.items():
+        pts = sorted(points)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    ax.set_xlabel("bits per pixel")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:  # type: ignore[no-untyped-def]
+    import matplotlib.pyplot as plt
+
+    suffix = Path(path).suffix or ".png"
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format=suffix.lstrip("."), dpi=120)
+    plt.close(fig)

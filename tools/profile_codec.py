@@ -1,0 +1,102 @@
+"""Per-stage latency of encode and decode over repeats (``ckbd profile``)."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ckbd.runtime.codec import Decoder, Encoder
+from ckbd.runtime.profiling import DECODE_STAGES, ENCODE_STAGES, StageTimer, median_times
+
+
+@dataclass
+class ImageProfile:
+    file: str
+    width: int
+    height: int
+    bytes: int
+    bpp: float
+    psnr: float
+    decode_ms: dict[str, float]
+    encode_ms: dict[str, float]
+
+
+@dataclass
+class ProfileReport:
+    backend: str
+    arch: str
+    N: int
+    M: int
+    repeat: int
+    images: list[ImageProfile] = field(default_factory=list)
+    machine: dict[str, str] = field(default_factory=lambda: machine_info())
+
+    def mean(self, which: str) -> dict[str, float]:
+        """Per-stage mean over images of the per-image medians."""
+        rows = [getattr(img, which) for img in self.images]
+        return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+
+    def to_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out["mean_decode_ms"] = self.mean("decode_ms")
+        out["mean_encode_ms"] = self.mean("encode_ms")
+        return out
+
+
+def machine_info() -> dict[str, str]:
+    import os
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": str(os.cpu_count()), "python": platform.python_version()}
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def profile_image(encoder: Encoder, decoder: Decoder, image: np.ndarray, name: str, repeat: int,
+                  warmup: int = 1) -> ImageProfile:
+    """Warm up, then time ``repeat`` encodes and decodes stage by stage; medians per stage."""
+    for _ in range(warmup):
+        decoder.decode(encoder.encode(image))
+    enc_runs, dec_runs = [], []
+    data, decoded = b"", image
+    for _ in range(repeat):
+        timer = StageTimer()
+        data = encoder.encode_detailed(image, timer).data
+        enc_runs.append(timer.times_ms)
+        timer = StageTimer()
+        decoded = decoder.decode_detailed(data, timer).image
+        dec_runs.append(timer.times_ms)
+    h, w = image.shape[:2]
+    return ImageProfile(name, w, h, len(data), 8 * len(data) / (h * w), _psnr(image, decoded),
+                        median_times(dec_runs, DECODE_STAGES), median_times(enc_runs, ENCODE_STAGES))
+
+
+def profile_images(encoder: Encoder, decoder: Decoder, paths: list[Path], repeat: int) -> ProfileReport:
+    from ckbd.runtime.imageio import read_image
+
+    m = decoder.manifest
+    report = ProfileReport(decoder.model.backend_name, m.arch, m.N, m.M, repeat)
+    for path in tqdm(paths, desc="profile", unit="image", disable=len(paths) < 2):
+        report.images.append(profile_image(encoder, decoder, read_image(path), str(path), repeat))
+    return report
+
+
+def format_table(report: ProfileReport) -> str:
+    """A table in the spirit of the paper's Table 3: milliseconds per decode/encode stage."""
+    dec, enc = report.mean("decode_ms"), report.mean("encode_ms")
+    lines = [f"{report.arch} N={report.N} M={report.M} on {report.backend}, median of {report.repeat}, "
+             f"mean over {len(report.images)} image(s)", "", f"{'decode stage':<20}{'ms':>10}"]
+    lines += [f"{k:<20}{v:>10.1f}" for k, v in dec.items()]
+    lines += ["", f"{'encode stage':<20}{'ms':>10}"]
+    lines += [f"{k:<20}{v:>10.1f}" for k, v in enc.items()]
+    bpp = np.mean([i.bpp for i in report.images])
+    psnr = np.mean([i.psnr for i in report.images])
+    lines += ["", f"bpp {bpp:.4f}   PSNR {psnr:.2f} dB"]
+    return "\n".join(lines)
