@@ -8,8 +8,8 @@ what the production pipeline feeds it:
 * ``analysis`` gets the edge-padded float image tensor that the encoder builds.
 
 Feeds are produced lazily, one image at a time, because the calibrators keep every intermediate
-activation of the images in flight in memory (hundreds of MB per Kodak image for a full-size
-model); with one image per batch memory stays flat whatever ``count`` is.
+activation of the images in flight in memory (an estimated few hundred MB per Kodak image for an
+N=192 model); with one image per batch memory stays flat whatever ``count`` is.
 """
 
 from __future__ import annotations

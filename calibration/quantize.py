@@ -12,18 +12,28 @@ Format choices, made for TensorRT's explicit quantisation (which also runs as is
   imports Q/DQ, and an ONNX Runtime CPU session fuses the pairs into int8 kernels itself.
 * **Symmetric int8 everywhere, zero point 0**: TensorRT supports no other zero point. Weights are
   int8 in [-127, 127] (ORT's symmetric range, which is what TensorRT requires for weights),
-  **per output channel** by default (axis 0 of Conv weights) because conv channels of learned
-  codecs differ in scale by orders of magnitude; activations are int8 per tensor, symmetric.
-* **Only Conv/ConvTranspose inputs are quantised** (TensorRT's recommended placement: Q/DQ on
-  the inputs of weighted layers); element-wise ops, depth-to-space, clipping and the uint8 output
-  stay in float.
+  **per output channel** by default (axis 0 of Conv weights, axis 1 of ConvTranspose weights)
+  because conv channels of learned codecs differ in scale; activations are int8 per tensor,
+  symmetric.
+* ``reduce_range=True`` keeps weights within 7 bits ([-64, 64]), still valid symmetric int8. It is
+  for x86 CPUs without VNNI (AVX2 only), where ONNX Runtime's u8s8 int8 kernels add pairs of
+  8-bit products in 16 bits and can saturate: on such a CPU, with per-channel weights, the tiny test
+  model lost 4.5 dB of int8-vs-fp32 PSNR to the kernel (50.4 dB with exact Q/DQ arithmetic,
+  45.9 dB from the int8 kernels); 7-bit weights gave 49.7 dB with the kernels. A briefly trained
+  N=64/M=96 model showed no such loss. TensorRT has no such saturation; leave it off for GPUs.
+* **Conv/ConvTranspose inputs are quantised** (TensorRT's recommended placement: Q/DQ on the
+  inputs of weighted layers), **and their outputs** where another convolution follows: ONNX
+  Runtime only runs a Conv as an int8 kernel when its output is re-quantised. Element-wise ops,
+  depth-to-space, clipping and the uint8 output stay in float.
 * **Biases stay float**: ORT's default int32 bias + DequantizeLinear is rejected by TensorRT's ONNX
   parser ("only activation types allowed as input"); TensorRT fuses a float bias itself.
-* **Dedicated Q/DQ pairs per consumer**: TensorRT cannot fuse one Q/DQ pair shared by two layers.
-* **GDN/IGDN stay float**: their 1x1 "norm" convolution sees ``x * x``, whose dynamic range is the
-  square of the activation's; 8 bits there lose the small values that set the normalisation and
-  cost far more PSNR than the layer's compute is worth. They are detected structurally (a Conv fed
-  by ``Mul(x, x)`` or ``Pow(x, 2)``), not by node name. ``quantize_gdn=True`` quantises them too.
+* **Dedicated Q/DQ pairs per consumer**, each with its own scale initializer: TensorRT wants a
+  pair per layer, and ONNX Runtime fails to fuse convolutions that share one (see
+  :func:`~ckbd.calibration.qdq_graph.private_quant_params`).
+* **Left in float** (see :mod:`ckbd.calibration.qdq_graph` for the measurements): the layer that
+  reads the image (analysis) or writes it (synthesis); the latents leaving analysis; and, unless
+  ``quantize_gdn=True``, the GDN/IGDN norm convolutions, whose input is a squared activation.
+  All are found structurally, not by node name.
 
 The float graph is first passed through ``quant_pre_process`` (shape inference and ONNX-standard
 graph clean-ups only) so that the quantiser sees folded constants; all spatial axes stay symbolic,
@@ -43,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ckbd.calibration import qdq_graph
 from ckbd.calibration.data import ImageFeedReader, find_images, stage_feeds
 from ckbd.errors import CkbdError, ModelError, require
 from ckbd.runtime.atomic import atomic_path
@@ -63,12 +74,11 @@ QUANTIZABLE_STAGES = (LATENT_SYNTHESIS, ANALYSIS)
 PARAMETER_STAGES = (HYPER_SYNTHESIS, ANCHOR_PARAMS, NONANCHOR_PARAMS)
 METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_METHOD = "entropy"
-#: All of Kodak, or a good sample of a training folder; ranges stop moving well before this.
+#: As many images as Kodak has; calibration time grows linearly with it (about 1.5 s per
+#: 481x321 image for the N=64/M=96 model on one core, both stages).
 DEFAULT_COUNT = 24
 #: Histogram percentile for ``method="percentile"`` (of |x|, since ranges are symmetric).
 DEFAULT_PERCENTILE = 99.999
-#: Op types whose inputs get Q/DQ pairs.
-QUANTIZED_OPS = ("Conv", "ConvTranspose")
 
 
 def int8_file_name(stage: str) -> str:
@@ -111,6 +121,7 @@ class QuantSettings:
     per_channel: bool = True
     percentile: float = DEFAULT_PERCENTILE
     quantize_gdn: bool = False
+    reduce_range: bool = False
 
 
 def calibrate(
@@ -123,6 +134,7 @@ def calibrate(
     threads: int = 0,
     progress: bool = True,
     quantize_gdn: bool = False,
+    reduce_range: bool = False,
 ) -> Manifest:
     """Write ``<stage>.int8.onnx`` for each stage and list it in the manifest as ``int8``.
 
@@ -133,7 +145,7 @@ def calibrate(
     require("onnx", "calibration", "INT8 calibration")
     model_dir = Path(model_dir)
     stages = check_stages(stages)
-    settings = QuantSettings(_check_method(method), per_channel, quantize_gdn=quantize_gdn)
+    settings = QuantSettings(_check_method(method), per_channel, quantize_gdn=quantize_gdn, reduce_range=reduce_range)
     files = _select_images(images, count)
     manifest = Manifest.load(model_dir)
     for stage in QUANTIZABLE_STAGES:
@@ -181,9 +193,10 @@ def _float_graph(manifest: Manifest, model_dir: Path, stage: str) -> Path:
 
 def _provenance(settings: QuantSettings, files: Sequence[Path]) -> dict[str, Any]:
     """What the manifest records about a calibration, so a result can be traced and repeated."""
+    weights = "int8 symmetric " + ("[-64, 64] (reduce_range)" if settings.reduce_range else "[-127, 127]")
     return {"method": settings.method, "per_channel": settings.per_channel, "images": len(files),
-            "activations": "int8 symmetric per-tensor", "weights": "int8 symmetric",
-            "quantize_gdn": settings.quantize_gdn}
+            "activations": "int8 symmetric per-tensor", "weights": weights,
+            "quantize_gdn": settings.quantize_gdn, "reduce_range": settings.reduce_range}
 
 
 def quantize_stage(float_path: Path, target: Path, reader: ImageFeedReader, settings: QuantSettings) -> None:
@@ -192,15 +205,23 @@ def quantize_stage(float_path: Path, target: Path, reader: ImageFeedReader, sett
     with tempfile.TemporaryDirectory(prefix="ckbd-calib-") as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "quantized.onnx"
         _pre_process(float_path, prepared)
-        exclude = [] if settings.quantize_gdn else gdn_norm_convs(onnx.load(str(prepared)))
-        _quantize_static(prepared, quantized, reader, settings, exclude)
+        _quantize_static(prepared, quantized, reader, settings, float_nodes(onnx.load(str(prepared)), settings))
         model = onnx.load(str(quantized))
-        float_last_outputs(model)
-        drop_unused_opsets(model)
+        qdq_graph.float_outputs_to_graph(model)
+        qdq_graph.private_quant_params(model)
+        qdq_graph.drop_unused_opsets(model)
         with atomic_path(target) as out:
             onnx.save(model, str(out))
             check_quantized(float_path, out)
             os.chmod(out, float_path.stat().st_mode & 0o777)  # mkstemp makes 0600; match the float graph
+
+
+def float_nodes(model: Any, settings: QuantSettings) -> list[str]:
+    """Convolutions left in float: the image-side layers, and GDN norms unless asked otherwise."""
+    names = qdq_graph.image_side_convs(model)
+    if not settings.quantize_gdn:
+        names += qdq_graph.gdn_norm_convs(model)
+    return names
 
 
 def _pre_process(src: Path, dst: Path) -> None:
@@ -234,9 +255,9 @@ def _quantize_static(src: Path, dst: Path, reader: ImageFeedReader, settings: Qu
             q.quantize_static(
                 str(src), str(dst), reader,
                 quant_format=q.QuantFormat.QDQ,
-                op_types_to_quantize=list(QUANTIZED_OPS),
+                op_types_to_quantize=list(qdq_graph.QUANTIZED_OPS),
                 per_channel=settings.per_channel,
-                reduce_range=False,
+                reduce_range=settings.reduce_range,
                 activation_type=q.QuantType.QInt8,
                 weight_type=q.QuantType.QInt8,
                 nodes_to_exclude=exclude,
@@ -260,24 +281,6 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def gdn_norm_convs(model: Any) -> list[str]:
-    """Names of the Conv nodes that compute a GDN/IGDN norm: fed by ``Mul(x, x)`` or ``Pow(x, 2)``."""
-    producers = {out: node for node in model.graph.node for out in node.output}
-    constants = {init.name for init in model.graph.initializer}
-    names = []
-    for node in model.graph.node:
-        if node.op_type != "Conv" or not node.input:
-            continue
-        src = producers.get(node.input[0])
-        if src is None:
-            continue
-        squared = (src.op_type == "Mul" and len(src.input) == 2 and src.input[0] == src.input[1]) or (
-            src.op_type == "Pow" and len(src.input) == 2 and src.input[1] in constants)
-        if squared:
-            names.append(node.name)
-    return names
-
-
 def check_quantized(float_path: Path, int8_path: Path) -> None:
     """Refuse an int8 file whose I/O differs from the float graph's or that has no Q/DQ nodes."""
     onnx = require("onnx", "calibration", "INT8 calibration")
@@ -297,88 +300,3 @@ def _io_signature(value: Any) -> tuple[str, int, tuple[int | str, ...]]:
     tensor_type = value.type.tensor_type
     dims = tuple(d.dim_param if d.HasField("dim_param") else d.dim_value for d in tensor_type.shape.dim)
     return value.name, tensor_type.elem_type, dims
-
-
-def float_last_outputs(model: Any) -> list[str]:
-    """Remove the Q/DQ pair on the output of each quantised Conv that no other quantised Conv follows.
-
-    The quantiser puts a Q/DQ pair on every Conv output (ONNX Runtime needs it to fuse the layer
-    into an int8 kernel). For the last layer that output *is* the reconstruction (or, in analysis,
-    the latent about to be rounded): an 8-bit grid there is added straight onto the result, and it
-    was measured to cost about 3 dB of int8-vs-fp32 PSNR for a few percent of the run time (the last
-    synthesis layer has 12 output channels). Returns the names of the Convs changed.
-    """
-    nodes = list(model.graph.node)
-    consumers: dict[str, list[Any]] = {}
-    for node in nodes:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    quantized = [n for n in nodes if n.op_type in QUANTIZED_OPS and _has_dq_input(n, nodes)]
-    rename: dict[str, str] = {}
-    removed: set[int] = set()
-    changed = []
-    for conv in quantized:
-        if _reaches_quantized_conv(conv, consumers, quantized):
-            continue
-        for q in consumers.get(conv.output[0], []):
-            if q.op_type != "QuantizeLinear":
-                continue
-            dqs = [d for d in consumers.get(q.output[0], []) if d.op_type == "DequantizeLinear"]
-            if len(dqs) != len(consumers.get(q.output[0], [])):
-                continue  # the int8 tensor itself is used somewhere: leave it
-            removed.add(id(q))
-            removed.update(id(d) for d in dqs)
-            rename.update({d.output[0]: conv.output[0] for d in dqs})
-            changed.append(conv.name)
-    if not removed:
-        return []
-    keep = [n for n in nodes if id(n) not in removed]
-    for node in keep:
-        for i, name in enumerate(node.input):
-            if name in rename:
-                node.input[i] = rename[name]
-    del model.graph.node[:]
-    model.graph.node.extend(keep)
-    _drop_unused_initializers(model)
-    return changed
-
-
-def _has_dq_input(node: Any, nodes: Sequence[Any]) -> bool:
-    dq_outputs = {n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}
-    return any(name in dq_outputs for name in node.input[:1])
-
-
-def _reaches_quantized_conv(start: Any, consumers: dict[str, list[Any]], quantized: Sequence[Any]) -> bool:
-    """Whether another quantised Conv lies downstream of ``start`` (depth-first over consumers)."""
-    targets = {id(n) for n in quantized} - {id(start)}
-    seen: set[int] = set()
-    stack = list(start.output)
-    while stack:
-        for node in consumers.get(stack.pop(), []):
-            if id(node) in targets:
-                return True
-            if id(node) not in seen:
-                seen.add(id(node))
-                stack.extend(node.output)
-    return False
-
-
-def _drop_unused_initializers(model: Any) -> None:
-    used = {name for node in model.graph.node for name in node.input}
-    used.update(v.name for v in model.graph.output)
-    keep = [init for init in model.graph.initializer if init.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
-
-
-def drop_unused_opsets(model: Any) -> None:
-    """Keep only the operator domains the graph uses.
-
-    ``quant_pre_process`` saves through ONNX Runtime, which lists all of its private domains
-    (com.microsoft, nchwc, ...) although no node uses them; other runtimes such as TensorRT's parser
-    should not have to know about them.
-    """
-    used = {node.domain or "" for node in model.graph.node} | {""}
-    keep = [op for op in model.opset_import if (op.domain or "") in used or op.domain == "ai.onnx"]
-    del model.opset_import[:]
-    model.opset_import.extend(keep)

@@ -24,11 +24,12 @@ from ckbd.runtime.entropy_tables import (
 )
 from ckbd.runtime.manifest import Y_TABLES_NAME, Z_TABLES_NAME, Manifest
 
+
 #: Bumped whenever the bytes hashed by :func:`model_fingerprint` change meaning.
 _FINGERPRINT_DOMAIN = b"ckbd-model-fingerprint-v1\0"
 
 
-def _update_tensor(digest: "hashlib._Hash", name: str, tensor: torch.Tensor) -> None:
+def _update_tensor(digest: hashlib._Hash, name: str, tensor: torch.Tensor) -> None:
     """Hash a tensor's name, shape and float32 little-endian values (framed, so unambiguous)."""
     values = tensor.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4", copy=False)
     header = json.dumps({"name": name, "shape": list(values.shape)}, sort_keys=True).encode()

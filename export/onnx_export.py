@@ -25,16 +25,22 @@ from torch import nn
 from ckbd.errors import CkbdError, ModelError, require
 from ckbd.export.model_package import build_package, save_tables
 from ckbd.export.optimize import optimized_stage_modules
-from ckbd.export.stage_modules import check_stages, plain_stage_modules, require_checkerboard
+from ckbd.export.stage_modules import (
+    check_stages,
+    plain_stage_modules,
+    require_checkerboard,
+)
 from ckbd.models.architectures import HyperpriorModel
-from ckbd.runtime.manifest import GraphEntry, Manifest, file_sha256
+from ckbd.runtime.manifest import MANIFEST_NAME, GraphEntry, Manifest, file_sha256
 from ckbd.runtime.stages import ALL_STAGES, STAGE_IO, TensorSpec
+
 
 DEFAULT_OPSET = 17
 #: Padded image size of the example inputs used for tracing: distinct, non-square, and large
 #: enough that no spatial size is 1 (a size-1 dim invites the tracer to specialise on it).
 TRACE_IMAGE_SIZE = (128, 192)
 
+_FILE_MODE = 0o644
 _ONNX_TYPES = {"float32": 1, "uint8": 2, "int32": 6}  # onnx.TensorProto enum values
 _TORCH_TYPES = {"float32": torch.float32, "uint8": torch.uint8, "int32": torch.int32}
 
@@ -154,7 +160,8 @@ def check_graph(path: Path, stage: str, N: int, M: int) -> None:
     for kind, specs, values in (("input", inputs, model.graph.input), ("output", outputs, model.graph.output)):
         if len(values) != len(specs):
             got = ", ".join(v.name for v in values)
-            raise ModelError(f"exported {stage} has {kind}s [{got}], expected {len(specs)} per STAGE_IO")
+            raise ModelError(f"exported {stage} graph breaks the stage contract: {kind}s [{got}], expected "
+                              f"{len(specs)}")
         for spec, value in zip(specs, values):
             problem = _spec_mismatch(spec, _value_spec(value), N, M)
             if problem:
@@ -181,8 +188,10 @@ def _publish(staging: Path, out_dir: Path, manifest: Manifest) -> None:
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     for item in sorted(staging.iterdir()):
+        item.chmod(_FILE_MODE)  # temp files are created owner-only; a model dir is meant to be shared
         os.replace(item, out_dir / item.name)
     manifest.save(out_dir)
+    (out_dir / MANIFEST_NAME).chmod(_FILE_MODE)
 
 
 def export_model(
@@ -208,14 +217,19 @@ def export_model(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise CkbdError(f"{out_dir} exists and is not a directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    except OSError as exc:
+        raise CkbdError(f"cannot write to {out_dir.parent}: {exc.strerror or exc}") from None
     try:
         for stage in stages:
             path = staging / graph_file_name(stage)
             manifest.graphs[stage] = export_stage(modules[stage], stage, path, opset, manifest.N, manifest.M)
         save_tables(staging, manifest, y_tables, z_tables)
         _publish(staging, out_dir, manifest)
+    except OSError as exc:
+        raise CkbdError(f"cannot write {out_dir}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest

@@ -31,6 +31,7 @@ from ckbd.runtime.stages import (
     NONANCHOR_PARAMS,
 )
 
+
 #: Architectures that follow the five-stage checkerboard contract.
 CHECKERBOARD_ARCHS = ("mbt2018-ckbd", "cheng2020-ckbd")
 
@@ -61,6 +62,8 @@ class ScaleIndex(nn.Module):
     The rule of :func:`ckbd.models.entropy.scale_indexes` and of the runtime's
     ``scale_to_index``; one comparison per threshold (the straightforward form).
     """
+
+    scale_table: Tensor
 
     def __init__(self, scale_table: Tensor) -> None:
         super().__init__()

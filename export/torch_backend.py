@@ -16,12 +16,17 @@ from torch import nn
 
 from ckbd.errors import ModelError
 from ckbd.export.model_package import build_package
-from ckbd.export.stage_modules import check_stages, plain_stage_modules, require_checkerboard
+from ckbd.export.stage_modules import (
+    check_stages,
+    plain_stage_modules,
+    require_checkerboard,
+)
 from ckbd.models.architectures import HyperpriorModel
 from ckbd.runtime.backend import Tensor, to_host
 from ckbd.runtime.entropy_tables import EntropyTables, default_scale_table
 from ckbd.runtime.manifest import Manifest
 from ckbd.runtime.stages import STAGE_IO, TensorSpec
+
 
 _NUMPY_TYPES = {"float32": np.float32, "int32": np.int32, "uint8": np.uint8}
 

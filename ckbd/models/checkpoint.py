@@ -22,13 +22,21 @@ CHECKPOINT_FORMAT = "ckbd-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-def save_checkpoint(path: Path, model: HyperpriorModel, training: dict[str, Any] | None = None) -> None:
-    """Write weights + config (+ optional training state for resuming) atomically."""
+def save_checkpoint(path: Path, model: HyperpriorModel, training: dict[str, Any] | None = None,
+                    half: bool = False) -> None:
+    """Write weights + config (+ optional training state for resuming) atomically.
+
+    ``half`` stores float weights as float16 (half the size, for shipping); they load back as
+    float32, and a model exported after loading is what such a checkpoint defines.
+    """
+    state = model.state_dict()
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
         "config": model.config.to_dict(),
-        "state_dict": model.state_dict(),
+        "state_dict": state,
         "training": training or {},
     }
     with atomic_path(Path(path)) as tmp:
@@ -58,7 +66,8 @@ def model_from_ckbd(raw: dict[str, Any]) -> HyperpriorModel:
     if version != CHECKPOINT_VERSION:
         raise ModelError(f"ckbd checkpoint format {version} is not supported (this ckbd reads {CHECKPOINT_VERSION})")
     model = build_model(ModelConfig.from_dict(raw["config"]))
-    missing, unexpected = model.load_state_dict(raw["state_dict"], strict=False)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in raw["state_dict"].items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ModelError(f"checkpoint does not fit {model.config.arch}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model

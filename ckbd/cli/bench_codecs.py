@@ -1,0 +1,93 @@
+"""``ckbd bench codecs``: ckbd vs the serial-context and context-free baselines, stage by stage.
+
+Also runnable as ``python -m ckbd.tools.benchmark`` (same options). Heavy imports (torch, the
+benchmark itself) stay inside the command body so that ``ckbd --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ckbd.cli.bench import bench_app
+
+
+def _arch_size(text: str) -> tuple[int, int]:
+    try:
+        n, m = (int(v) for v in text.split(","))
+    except ValueError:
+        raise typer.BadParameter("expected N,M, e.g. 192,320") from None
+    if n < 1 or m < 1:
+        raise typer.BadParameter("N and M must be positive")
+    return n, m
+
+
+def codecs_command(
+    images: Path = typer.Option(None, "--images", help="Folder (or file) of images (default: ../shared/data/kodak)."),
+    count: int = typer.Option(None, "--count", "-n", min=1, help="Time only the first N images."),
+    model: Path = typer.Option(None, "--model", "-m",
+                               help="Exported ckbd model for (a); default: export a random one of --arch-size."),
+    json_path: Path = typer.Option(None, "--json", help="Write every measurement here."),
+    markdown: Path = typer.Option(None, "--markdown", help="Write the results table here (e.g. docs/RESULTS.md)."),
+    plots: Path = typer.Option(None, "--plots", help="Folder for the stage-latency (and RD) plots."),
+    arch_size: str = typer.Option("192,320", "--arch-size", help="N,M of every model (the paper's high-rate size)."),
+    threads: int = typer.Option(2, "--threads", min=1, help="Intra-op threads for torch and ONNX Runtime."),
+    repeat: int = typer.Option(1, "--repeat", "-r", min=1, help="Timed runs per image and codec (after a warm-up)."),
+    eval_json: Path = typer.Option(None, "--eval-json", help="`ckbd eval --json` output to add RD results and plot."),
+    compressai: bool = typer.Option(True, "--compressai/--no-compressai",
+                                    help="Also time the same weights through CompressAI when it can be imported."),
+    coder_symbols: int = typer.Option(500_000, "--coder-symbols", min=0,
+                                      help="Symbols for the entropy coder benchmark (0: skip)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
+    notes: list[str] = typer.Option(None, "--note", help="A caveat to print with the results (repeatable)."),
+) -> None:
+    """Decode/encode latency per stage: ckbd (ONNX Runtime, torch), serial mbt2018, mbt2018-mean.
+
+    The models are randomly initialised at --arch-size (latency does not depend on training);
+    all codecs share the size, the threads, the images and the entropy coder.
+    """
+    from ckbd.runtime.atomic import atomic_write_bytes
+    from ckbd.tools.benchmark import BenchConfig, default_images, format_markdown, run_benchmark, write_plots
+
+    n, m = _arch_size(arch_size)
+    config = BenchConfig(images=default_images(images, count), N=n, M=m, model_dir=model, threads=threads,
+                         repeat=repeat, seed=seed, compressai=compressai, coder_symbols=coder_symbols,
+                         notes=list(notes or []))
+    report = run_benchmark(config)
+    rd = json.loads(eval_json.read_text()) if eval_json is not None else None
+    text = format_markdown(report, rd)
+    typer.echo(text)
+    if json_path is not None:
+        atomic_write_bytes(json_path, (json.dumps(report, indent=2) + "\n").encode())
+        typer.echo(f"wrote {json_path}")
+    if markdown is not None:
+        atomic_write_bytes(markdown, text.encode())
+        typer.echo(f"wrote {markdown}")
+    if plots is not None:
+        for path in write_plots(report, plots, rd):
+            typer.echo(f"wrote {path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Adds ``codecs`` to the ``bench`` group (registered by :mod:`ckbd.cli.bench`)."""
+    bench_app.command("codecs")(codecs_command)
+
+
+def main() -> None:
+    """``python -m ckbd.tools.benchmark``: the same command as a standalone program."""
+    import os
+    import sys
+
+    from ckbd.errors import CkbdError
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(codecs_command)
+    try:
+        app()
+    except CkbdError as exc:
+        if os.environ.get("CKBD_DEBUG", "") not in ("", "0"):
+            raise
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(1)

@@ -1,0 +1,80 @@
+"""``ckbd export``: a checkpoint (ckbd or CompressAI) to a model directory of ONNX graphs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ckbd.errors import CkbdError
+
+#: Where the shipped default checkpoint lives inside the installed package.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "default_checkpoint.pt"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export_command)
+
+
+def _parse_stages(values: list[str] | None) -> tuple[str, ...] | None:
+    """``--stages a,b --stages c`` -> (a, b, c); None means all stages."""
+    if not values:
+        return None
+    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    return tuple(names) or None
+
+
+def _resolve_checkpoint(checkpoint: Path | None, use_default: bool) -> Path:
+    if use_default and checkpoint is not None:
+        raise CkbdError("give either a CHECKPOINT or --default, not both")
+    if use_default:
+        if not DEFAULT_CHECKPOINT.is_file():
+            raise CkbdError(
+                f"the default checkpoint is not installed ({DEFAULT_CHECKPOINT} is missing); "
+                "pass a CHECKPOINT to export"
+            )
+        return DEFAULT_CHECKPOINT
+    if checkpoint is None:
+        raise CkbdError("give a CHECKPOINT to export, or --default for the shipped model")
+    return checkpoint
+
+
+def _format_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024 or unit == "MiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def export_command(
+    checkpoint: Path = typer.Argument(None, help="ckbd or CompressAI checkpoint (.pt/.pth)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write (created if needed)."),
+    use_default: bool = typer.Option(False, "--default", help="Export the shipped default checkpoint."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
+    stages: list[str] = typer.Option(
+        None, "--stages",
+        help="Stages to export, comma-separated or repeated (default: all five).",
+    ),
+    optimize: bool = typer.Option(
+        True, "--optimize/--no-optimize",
+        help="Export the rewritten, faster graphs (default) or the plain model computation.",
+    ),
+) -> None:
+    """Export the five stage graphs, entropy tables and manifest of a checkerboard model."""
+    from ckbd.export.onnx_export import export_model
+    from ckbd.models.checkpoint import load_model
+    from ckbd.runtime.stages import ALL_STAGES
+
+    path = _resolve_checkpoint(checkpoint, use_default)
+    model = load_model(path)
+    manifest = export_model(model, out, opset=opset, stages=_parse_stages(stages) or ALL_STAGES,
+                            optimize=optimize)
+    typer.echo(f"{out}: {manifest.arch} N={manifest.N} M={manifest.M} anchors={manifest.anchor_parity} "
+               f"opset={manifest.opset} fingerprint={manifest.fingerprint[:16]}")
+    width = max(len(entry.file) for entry in manifest.graphs.values())
+    typer.echo(f"  {'file':<{width}}  {'size':>10}  sha256")
+    for entry in manifest.graphs.values():
+        size = _format_size((Path(out) / entry.file).stat().st_size)
+        typer.echo(f"  {entry.file:<{width}}  {size:>10}  {entry.sha256[:16]}")

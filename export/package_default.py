@@ -1,0 +1,62 @@
+"""Turn a training checkpoint into the model that ships with ckbd (``ckbd/assets``).
+
+    python -m ckbd.export.package_default runs/default/checkpoint.pt
+
+Writes a float16 copy of the weights (``default_checkpoint.pt``, what ``ckbd export --default``
+reads), the exported model directory ``default/`` made from exactly those weights, and
+``RECIPE.json`` with the training recipe so anyone can retrain it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ckbd.models.checkpoint import load_model, read_checkpoint_file, save_checkpoint
+
+ASSETS = Path(__file__).resolve().parent.parent / "ckbd" / "assets"
+
+
+def recipe(raw: dict[str, Any]) -> dict[str, Any]:
+    """What the checkpoint says about how it was trained (no optimiser state)."""
+    training = raw.get("training", {})
+    return {
+        "config": raw.get("config"),
+        "steps": training.get("step"),
+        "training_wall_time_h": round(float(training.get("elapsed_s", 0.0)) / 3600, 2),
+        "train_config": training.get("config"),
+    }
+
+
+def package(checkpoint: Path, assets: Path = ASSETS, notes: str = "") -> Path:
+    from ckbd.export.onnx_export import export_model
+
+    assets.mkdir(parents=True, exist_ok=True)
+    shipped = assets / "default_checkpoint.pt"
+    save_checkpoint(shipped, load_model(checkpoint), half=True)
+    with tempfile.TemporaryDirectory(dir=assets) as tmp:
+        staged = Path(tmp) / "default"
+        export_model(load_model(shipped), staged)
+        target = assets / "default"
+        if target.exists():
+            shutil.rmtree(target)
+        staged.rename(target)
+    info = {**recipe(read_checkpoint_file(checkpoint)), "notes": notes}
+    (assets / "RECIPE.json").write_text(json.dumps(info, indent=2) + "\n")
+    return assets / "default"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--notes", default="", help="Free text stored in RECIPE.json (data, machine, ...).")
+    args = parser.parse_args()
+    print(package(args.checkpoint, notes=args.notes))
+
+
+if __name__ == "__main__":
+    main()

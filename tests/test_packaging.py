@@ -1,0 +1,65 @@
+"""The installed package: every subpackage imports from a real (non-editable) install, and the
+production runtime imports without torch or any CLI/plotting dependency."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SUBPACKAGES = ("ckbd", "ckbd.cli", "ckbd.models", "ckbd.export", "ckbd.runtime", "ckbd.engines",
+               "ckbd.calibration", "ckbd.tools")
+RUNTIME_MODULES = ("atomic", "backend", "bitstream", "codec", "coder", "entropy_tables", "imageio",
+                   "manifest", "model", "ort_backend", "profiling", "stages")
+
+
+def _blocking(names: tuple[str, ...]) -> str:
+    return textwrap.dedent(f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {names!r}:
+                    raise ImportError(f"{{name}} is blocked by the test")
+        sys.meta_path.insert(0, Block())
+    """)
+
+
+@pytest.mark.slow
+def test_regular_install_imports_every_subpackage(tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(ROOT)], check=True, timeout=600, cwd=tmp_path)
+    assert not (target / "runtime").exists() and not (target / "export").exists(), "generic top-level names installed"
+    code = "import importlib, sys\n" + "".join(f"m = importlib.import_module({p!r}); assert {str(target)!r} in m.__file__, m.__file__\n" for p in SUBPACKAGES)
+    # Run from tmp_path with only the install on the path, so the checkout cannot be imported.
+    env = {"PYTHONPATH": str(target), "PYTHONNOUSERSITE": "1", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r})\n" + code],
+                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_runtime_imports_with_its_four_dependencies_only() -> None:
+    blocked = ("torch", "onnx", "typer", "tqdm", "matplotlib", "tensorrt", "pycuda", "cuda")
+    imports = "".join(f"import ckbd.runtime.{m}\n" for m in RUNTIME_MODULES)
+    result = subprocess.run([sys.executable, "-c", _blocking(blocked) + imports], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_optional_backends_import_lazily() -> None:
+    code = _blocking(("tensorrt", "pycuda", "cuda")) + textwrap.dedent("""
+        from ckbd.errors import MissingDependencyError
+        from ckbd.runtime.backend import create_backend
+        try:
+            create_backend("tensorrt")
+        except MissingDependencyError as exc:
+            assert "ckbd[gpu]" in str(exc), exc
+        else:
+            raise SystemExit("tensorrt backend created without tensorrt")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr + result.stdout
