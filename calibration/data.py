@@ -28,11 +28,11 @@ from ckbd.runtime.stages import ANALYSIS, LATENT_SYNTHESIS
 FeedFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
-def find_images(folder: Path, count: int | None = None) -> list[Path]:
+def find_images(folder: Path, count: int | None = None, what: str = "calibration image") -> list[Path]:
     """The first ``count`` images under ``folder`` (recursively, sorted, so runs are reproducible)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CkbdError(f"calibration image folder {folder} does not exist")
+        raise CkbdError(f"{what} folder {folder} does not exist")
     if count is not None and count < 1:
         raise CkbdError(f"--count must be at least 1, got {count}")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -74,7 +74,7 @@ QUANTIZABLE_STAGES = (LATENT_SYNTHESIS, ANALYSIS)
 PARAMETER_STAGES = (HYPER_SYNTHESIS, ANCHOR_PARAMS, NONANCHOR_PARAMS)
 METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_METHOD = "entropy"
-#: As many images as Kodak has; calibration time grows linearly with it (about 1.5 s per
+#: As many images as Kodak has; calibration time grows linearly with it (about 1.7 s per
 #: 481x321 image for the N=64/M=96 model on one core, both stages).
 DEFAULT_COUNT = 24
 #: Histogram percentile for ``method="percentile"`` (of |x|, since ranges are symmetric).

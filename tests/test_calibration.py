@@ -219,3 +219,21 @@ def test_cli_calibrate_missing_folder_is_one_line_error(exported: Path, tmp_path
     assert len(lines) == 1 and "nowhere" in lines[0] and "Traceback" not in r.stderr
     r = _ckbd("calibrate", str(exported), "--images", str(DATA), "--stages", "anchor_params")
     assert r.returncode == 1 and "refusing" in r.stderr
+
+
+def test_int8_report_checks_the_rate_is_unchanged(calibrated: tuple[Path, Manifest, Manifest], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from ckbd.tools.int8_report import main
+
+    model_dir, _, _ = calibrated
+    out = tmp_path / "report.json"
+    assert main([str(model_dir), "--images", str(DATA), "--count", "2", "--repeats", "1", "--json", str(out),
+                 "--no-progress"]) == 0
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["images"] == 2 and summary["latents_identical_all"] and summary["bpp_change"] == 0
+    assert summary["psnr_int8_vs_fp32"] > MIN_PSNR_INT8_VS_FP32
+    assert "int8_encoder_bpp" in summary  # analysis was calibrated too
+    assert "latents identical on all images" in capsys.readouterr().out
+    assert main([str(tmp_path), "--images", str(DATA)]) == 1  # not a model directory

@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.repeats < 1:
             raise CkbdError("--repeats must be at least 1")
-        images = find_images(args.images if args.images is not None else default_kodak_dir(), args.count)
+        images = find_images(args.images if args.images is not None else default_kodak_dir(), args.count,
+                             what="image")
         report = run_report(args.model_dir, images, args.threads, args.repeats, not args.no_progress)
         print(format_report(report))
         if args.json is not None:
