@@ -230,3 +230,12 @@ def test_runtime_runs_without_torch(model_dir: Path, tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", script2], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "x.png").is_file()
+
+
+def test_roundtrip_check_tool(codec: tuple[Encoder, Decoder]) -> None:
+    from ckbd.tools.roundtrip_check import check
+
+    row = check(*codec, IMAGES[0])
+    assert row.latents_identical
+    assert row.bytes == len(codec[0].encode(read_image(IMAGES[0])))
+    assert 0 < row.estimated_bytes < row.bytes

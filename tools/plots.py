@@ -20,18 +20,26 @@ def _pyplot():  # type: ignore[no-untyped-def]
 
 
 def stage_bars(rows: dict[str, dict[str, float]], stages: tuple[str, ...], path: Path, title: str) -> None:
-    """Stacked horizontal bars: one bar per row label (e.g. codec/backend), one segment per stage."""
+    """Stacked horizontal bars: one bar per row (e.g. decode, encode), segments in each row's own
+    stage order; a stage has the same colour in every row. Keys not in ``stages`` (e.g. total) are
+    ignored."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * len(rows)))
-    labels = list(rows)
-    left = [0.0] * len(labels)
-    for stage in stages:
-        widths = [rows[label].get(stage, 0.0) for label in labels]
-        ax.barh(labels, widths, left=left, label=stage)
-        left = [a + b for a, b in zip(left, widths)]
+    fig, ax = plt.subplots(figsize=(10, 1.6 + 0.5 * len(rows)))
+    palette = plt.get_cmap("tab20").colors
+    colour = {stage: palette[i % len(palette)] for i, stage in enumerate(stages)}
+    labelled: set[str] = set()
+    for y, (label, times) in enumerate(rows.items()):
+        left = 0.0
+        for stage, ms in times.items():
+            if stage not in colour or ms <= 0:
+                continue
+            ax.barh(y, ms, left=left, color=colour[stage], label=None if stage in labelled else stage)
+            labelled.add(stage)
+            left += ms
+    ax.set_yticks(range(len(rows)), list(rows))
     ax.set_xlabel("milliseconds (median)")
     ax.set_title(title)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=4, fontsize="small")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
     fig.tight_layout()
     _save(fig, path)
 
