@@ -43,10 +43,10 @@ def find_images(folder: Path, count: int | None = None, what: str = "calibration
 
 def analysis_feeds() -> FeedFn:
     """Feeds for ``analysis``: the padded NCHW float image, built by the encoder's own function."""
-    from ckbd.runtime.codec import _to_network_input  # the one padding rule; duplicating it risks drift
+    from ckbd.runtime.codec import to_network_input  # the one padding rule; duplicating it risks drift
 
     def feed(image: np.ndarray) -> dict[str, np.ndarray]:
-        return {"image": _to_network_input(image)}
+        return {"image": to_network_input(image)}
 
     return feed
 

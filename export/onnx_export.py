@@ -12,6 +12,7 @@ optimisation is baked in (ONNX Runtime's optimised files depend on the CPU and t
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -32,7 +33,7 @@ from ckbd.export.stage_modules import (
 )
 from ckbd.models.architectures import HyperpriorModel
 from ckbd.runtime.manifest import MANIFEST_NAME, GraphEntry, Manifest, file_sha256
-from ckbd.runtime.stages import ALL_STAGES, STAGE_IO, TensorSpec
+from ckbd.runtime.stages import ALL_STAGES, LATENT_SYNTHESIS, STAGE_IO, TensorSpec
 
 
 DEFAULT_OPSET = 17
@@ -45,8 +46,24 @@ _ONNX_TYPES = {"float32": 1, "uint8": 2, "int32": 6}  # onnx.TensorProto enum va
 _TORCH_TYPES = {"float32": torch.float32, "uint8": torch.uint8, "int32": torch.int32}
 
 
-def graph_file_name(stage: str) -> str:
-    return f"{stage}.onnx"
+def graph_file_name(stage: str, precision: str = "fp32") -> str:
+    return f"{stage}.onnx" if precision == "fp32" else f"{stage}.{precision}.onnx"
+
+
+class Float16Stage(nn.Module):
+    """A stage computed in float16 behind the float32 contract: inputs are cast down at entry.
+
+    TensorRT 10/11 networks are strongly typed, so an fp16 engine comes from a graph whose
+    weights and activations are float16; only latent synthesis gets one (it changes pixels, never
+    the scale indexes). Its output is the contract's uint8 image either way.
+    """
+
+    def __init__(self, stage_module: nn.Module) -> None:
+        super().__init__()
+        self.inner = copy.deepcopy(stage_module).half()
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.inner(*(x.half() for x in inputs))
 
 
 def _dim_values(N: int, M: int, H: int, W: int) -> dict[str, int]:
@@ -200,11 +217,13 @@ def export_model(
     opset: int = DEFAULT_OPSET,
     stages: Sequence[str] = ALL_STAGES,
     optimize: bool = True,
+    fp16: bool = False,
 ) -> Manifest:
     """Export the stages of a checkerboard model, the entropy tables and the manifest to ``out_dir``.
 
     ``optimize=False`` exports the plain stage modules (same function, slower graphs); it exists
-    to measure what the rewrites of :mod:`ckbd.export.optimize` buy.
+    to measure what the rewrites of :mod:`ckbd.export.optimize` buy. ``fp16`` also writes a
+    float16 latent synthesis, listed as the manifest's ``fp16`` variant (for TensorRT FP16).
     """
     require("onnx", "export", "exporting ONNX graphs")
     model = require_checkerboard(model).eval()
@@ -226,6 +245,11 @@ def export_model(
         for stage in stages:
             path = staging / graph_file_name(stage)
             manifest.graphs[stage] = export_stage(modules[stage], stage, path, opset, manifest.N, manifest.M)
+        if fp16 and LATENT_SYNTHESIS in stages:
+            path = staging / graph_file_name(LATENT_SYNTHESIS, "fp16")
+            entry = export_stage(Float16Stage(modules[LATENT_SYNTHESIS]), LATENT_SYNTHESIS, path, opset,
+                                 manifest.N, manifest.M)
+            manifest.variants["fp16"] = {LATENT_SYNTHESIS: GraphEntry(entry.file, entry.sha256, "fp16")}
         save_tables(staging, manifest, y_tables, z_tables)
         _publish(staging, out_dir, manifest)
     except OSError as exc:

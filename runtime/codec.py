@@ -122,10 +122,10 @@ class Encoder(_CodecBase):
 
     def encode_detailed(self, image: np.ndarray, timer: StageTimer | None = None) -> EncodeResult:
         timer = timer or NullTimer()
-        height, width = _check_image(image)
+        height, width = check_image(image)
         y_coder, z_coder = self.model.y_coder, self.model.z_coder
         sched = _TwoPassSchedule(self.model, timer)
-        out = sched.run(ANALYSIS, {"image": _to_network_input(image)})
+        out = sched.run(ANALYSIS, {"image": to_network_input(image)})
         y_anchor, y_nonanchor = to_host(out["y_anchor"]), to_host(out["y_nonanchor"])
         z_symbols = np.ascontiguousarray(to_host(out["z_symbols"]), dtype=np.int32)
         z_indexes = self._z_indexes(z_symbols.shape)
@@ -199,7 +199,7 @@ class Decoder(_CodecBase):
         return DecodeResult(image, latents, header, dict(timer.times_ms))
 
 
-def _check_image(image: np.ndarray) -> tuple[int, int]:
+def check_image(image: np.ndarray) -> tuple[int, int]:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
         raise ImageError(f"expected a uint8 H x W x 3 RGB array, got {got}")
@@ -211,7 +211,7 @@ def _check_image(image: np.ndarray) -> tuple[int, int]:
     return height, width
 
 
-def _to_network_input(image: np.ndarray) -> np.ndarray:
+def to_network_input(image: np.ndarray) -> np.ndarray:
     """Edge-pad to a multiple of 64 (cropped back after decoding) and lay out as float NCHW."""
     height, width = image.shape[:2]
     padded_h, padded_w = bs.padded_size(height, width)

@@ -388,3 +388,23 @@ def test_cli_reports_missing_inputs(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_export_rejects_unknown_stage(tmp_path: Path) -> None:
     with pytest.raises(CkbdError, match="unknown stage"):
         export_model(tiny_model(*CONFIGS[2]), tmp_path / "m", stages=("analysis", "decoder"))
+
+
+def test_fp16_synthesis_variant_decodes_close_to_fp32(tmp_path: Path) -> None:
+    from ckbd.runtime.codec import Decoder, Encoder
+
+    out = tmp_path / "m"
+    manifest = export_model(tiny_model("mbt2018-ckbd", 16, 24, "even"), out, fp16=True)
+    entry = manifest.variants["fp16"]["latent_synthesis"]
+    assert entry.precision == "fp16" and entry.sha256 == file_sha256(out / entry.file)
+    import onnx
+
+    graph = onnx.load(str(out / entry.file))
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.graph.initializer)
+    image = (np.random.default_rng(0).random((70, 100, 3)) * 255).astype(np.uint8)
+    data = Encoder.open(out, threads=1).encode(image)
+    full = Decoder.open(out, threads=1).decode_detailed(data)
+    half = Decoder.open(out, threads=1, precision="fp16").decode_detailed(data)
+    np.testing.assert_array_equal(full.latents.nonanchor_hat, half.latents.nonanchor_hat)
+    assert half.image.shape == full.image.shape
+    assert np.abs(half.image.astype(int) - full.image.astype(int)).max() <= 8

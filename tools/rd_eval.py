@@ -192,7 +192,8 @@ def format_table(report: RDReport) -> str:
             lines.append(f"{fmt + ' q' + p.label:<28}{p.bpp:>8.4f}{p.psnr:>9.2f}{p.ms_ssim:>10.4f}")
     lines += ["", "ckbd vs Pillow at equal bpp (interpolated):"]
     for row in report.comparisons.get("at_equal_bpp", []):
-        parts = [f"{fmt}: {_fmt(row.get(f'delta_psnr_vs_{fmt}'), '.2f', True)} dB" for fmt in report.curves]
+        deltas = {fmt: row.get(f"delta_psnr_vs_{fmt}") for fmt in report.curves}
+        parts = [f"{fmt}: " + ("n/a (bpp outside the curve)" if d is None else f"{d:+.2f} dB") for fmt, d in deltas.items()]
         lines.append(f"  {row['label']} @ {row['bpp']:.4f} bpp: " + ", ".join(parts))
     bd = report.comparisons.get("bd_rate_psnr_pct") or {}
     for fmt, value in bd.items():
@@ -203,7 +204,8 @@ def format_table(report: RDReport) -> str:
 
 def rd_plot_curves(report: RDReport, metric: str = "psnr") -> dict[str, list[tuple[float, float]]]:
     """{label: [(bpp, metric)]} for :func:`ckbd.tools.plots.rd_curves`; ckbd models form one curve."""
-    curves = {fmt.upper(): [(p.bpp, getattr(p, metric)) for p in pts] for fmt, pts in report.curves.items()}
+    names = {"jpeg": "JPEG (Pillow)", "webp": "WebP (Pillow)"}
+    curves = {names.get(fmt, fmt): [(p.bpp, getattr(p, metric)) for p in pts] for fmt, pts in report.curves.items()}
     if report.models:
         curves["ckbd"] = [(m.bpp, getattr(m, metric)) for m in report.models]
     return curves

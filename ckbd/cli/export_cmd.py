@@ -61,6 +61,7 @@ def export_command(
         True, "--optimize/--no-optimize",
         help="Export the rewritten, faster graphs (default) or the plain model computation.",
     ),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write a float16 latent synthesis (for TensorRT FP16)."),
 ) -> None:
     """Export the five stage graphs, entropy tables and manifest of a checkerboard model."""
     from ckbd.export.onnx_export import export_model
@@ -70,7 +71,7 @@ def export_command(
     path = _resolve_checkpoint(checkpoint, use_default)
     model = load_model(path)
     manifest = export_model(model, out, opset=opset, stages=_parse_stages(stages) or ALL_STAGES,
-                            optimize=optimize)
+                            optimize=optimize, fp16=fp16)
     typer.echo(f"{out}: {manifest.arch} N={manifest.N} M={manifest.M} anchors={manifest.anchor_parity} "
                f"opset={manifest.opset} fingerprint={manifest.fingerprint[:16]}")
     width = max(len(entry.file) for entry in manifest.graphs.values())
