@@ -42,9 +42,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ckbd.errors import BitstreamError, ImageError, ModelError
+from ckbd.errors import BitstreamError, ModelError
 from ckbd.models.architectures import HyperpriorModel, MeanScaleHyperprior, SerialContextModel
 from ckbd.runtime import bitstream as bs
+from ckbd.runtime.codec import check_image, to_network_input
 from ckbd.runtime.coder import IndexedCoder
 from ckbd.runtime.entropy_tables import default_scale_table, scale_to_index
 from ckbd.runtime.profiling import NullTimer, StageTimer
@@ -137,7 +138,7 @@ class BaselineCodec:
 
     def encode_detailed(self, image: np.ndarray, timer: StageTimer | None = None) -> BaselineEncoded:
         timer = timer or NullTimer()
-        height, width = _check_image(image)
+        height, width = check_image(image)
         with torch.inference_mode():
             with timer.stage("analysis"):
                 y = self.model.g_a(_to_network_input(image))
@@ -325,22 +326,9 @@ def baseline_codec(model: HyperpriorModel, scale_table: np.ndarray | None = None
 # -- helpers --------------------------------------------------------------------------------
 
 
-def _check_image(image: np.ndarray) -> tuple[int, int]:
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ImageError("expected a uint8 H x W x 3 RGB array")
-    height, width = image.shape[:2]
-    if height < 1 or width < 1 or height * width > bs.DEFAULT_MAX_PIXELS:
-        raise ImageError(f"unsupported image size {width}x{height}")
-    return height, width
-
-
 def _to_network_input(image: np.ndarray) -> torch.Tensor:
-    """Edge-pad to a multiple of 64 as ckbd's codec does, so all codecs see the same latent size."""
-    height, width = image.shape[:2]
-    padded_h, padded_w = bs.padded_size(height, width)
-    padded = np.pad(image, ((0, padded_h - height), (0, padded_w - width), (0, 0)), mode="edge")
-    array = np.ascontiguousarray(padded.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255.0)
-    return torch.from_numpy(array)
+    """ckbd's own edge padding to a multiple of 64, so every codec sees the same latent size."""
+    return torch.from_numpy(to_network_input(image))
 
 
 def _channel_indexes(shape: tuple[int, ...]) -> np.ndarray:

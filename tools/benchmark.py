@@ -380,11 +380,11 @@ def compressai_codecs(models: dict[str, Any]) -> list[TimedCodec]:
 
 def _compressai_calls(model: Any) -> tuple[Encode, Decode]:
     torch = _torch()
-    from ckbd.baselines import _to_network_input  # the same edge padding as every other codec
+    from ckbd.runtime.codec import to_network_input  # the same edge padding as every other codec
 
     def encode(image: np.ndarray, timer: StageTimer) -> tuple[Any, int]:
         with torch.inference_mode(), timer.stage("compress"):
-            out = model.compress(_to_network_input(image))
+            out = model.compress(torch.from_numpy(to_network_input(image)))
         size = sum(len(s) for strings in out["strings"] for s in strings)
         return (out, image.shape[:2]), size
 
