@@ -37,7 +37,11 @@ def package(checkpoint: Path, assets: Path = ASSETS, notes: str = "") -> Path:
 
     assets.mkdir(parents=True, exist_ok=True)
     shipped = assets / "default_checkpoint.pt"
-    save_checkpoint(shipped, load_model(checkpoint), half=True)
+    raw = read_checkpoint_file(checkpoint)
+    # Keep the step count and schedule (not the optimiser state) so `ckbd train --resume` from the
+    # shipped file continues the recipe.
+    progress = {k: v for k, v in raw.get("training", {}).items() if k in ("step", "elapsed_s", "config")}
+    save_checkpoint(shipped, load_model(checkpoint), training=progress, half=True)
     with tempfile.TemporaryDirectory(dir=assets) as tmp:
         staged = Path(tmp) / "default"
         export_model(load_model(shipped), staged)
@@ -45,7 +49,7 @@ def package(checkpoint: Path, assets: Path = ASSETS, notes: str = "") -> Path:
         if target.exists():
             shutil.rmtree(target)
         staged.rename(target)
-    info = {**recipe(read_checkpoint_file(checkpoint)), "notes": notes}
+    info = {**recipe(raw), "notes": notes}
     (assets / "RECIPE.json").write_text(json.dumps(info, indent=2) + "\n")
     return assets / "default"
 

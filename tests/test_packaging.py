@@ -34,6 +34,8 @@ def test_regular_install_imports_every_subpackage(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                     "--target", str(target), str(ROOT)], check=True, timeout=600, cwd=tmp_path)
     assert not (target / "runtime").exists() and not (target / "export").exists(), "generic top-level names installed"
+    assert (target / "ckbd" / "assets" / "default" / "manifest.json").is_file(), "default model not installed"
+    assert (target / "ckbd" / "assets" / "default_checkpoint.pt").is_file()
     code = "import importlib, sys\n" + "".join(f"m = importlib.import_module({p!r}); assert {str(target)!r} in m.__file__, m.__file__\n" for p in SUBPACKAGES)
     # Run from tmp_path with only the install on the path, so the checkout cannot be imported.
     env = {"PYTHONPATH": str(target), "PYTHONNOUSERSITE": "1", "PATH": "/usr/bin:/bin"}
