@@ -24,7 +24,6 @@ from ckbd.runtime.entropy_tables import (
 )
 from ckbd.runtime.manifest import Y_TABLES_NAME, Z_TABLES_NAME, Manifest
 
-
 #: Bumped whenever the bytes hashed by :func:`model_fingerprint` change meaning.
 _FINGERPRINT_DOMAIN = b"ckbd-model-fingerprint-v1\0"
 

@@ -35,7 +35,6 @@ from ckbd.models.architectures import HyperpriorModel
 from ckbd.runtime.manifest import MANIFEST_NAME, GraphEntry, Manifest, file_sha256
 from ckbd.runtime.stages import ALL_STAGES, LATENT_SYNTHESIS, STAGE_IO, TensorSpec
 
-
 DEFAULT_OPSET = 17
 #: Padded image size of the example inputs used for tracing: distinct, non-square, and large
 #: enough that no spatial size is 1 (a size-1 dim invites the tracer to specialise on it).

@@ -43,7 +43,6 @@ from ckbd.models.architectures import CheckerboardModel
 from ckbd.models.layers import GDN, MaskedConv2d
 from ckbd.runtime.stages import ALL_STAGES
 
-
 # ---------------------------------------------------------------------------------------------
 # Baked reparametrisations
 

@@ -31,7 +31,6 @@ from ckbd.runtime.stages import (
     NONANCHOR_PARAMS,
 )
 
-
 #: Architectures that follow the five-stage checkerboard contract.
 CHECKERBOARD_ARCHS = ("mbt2018-ckbd", "cheng2020-ckbd")
 

@@ -27,7 +27,6 @@ from ckbd.runtime.entropy_tables import EntropyTables, default_scale_table
 from ckbd.runtime.manifest import Manifest
 from ckbd.runtime.stages import STAGE_IO, TensorSpec
 
-
 _NUMPY_TYPES = {"float32": np.float32, "int32": np.int32, "uint8": np.uint8}
 
 

@@ -13,7 +13,7 @@ the header turns any desynchronisation into an error instead of a wrong image.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,10 @@ class Latents:
 
     def crc32(self) -> int:
         return bs.symbols_crc32(self.z_symbols, self.anchor_symbols, self.nonanchor_symbols)
+
+    def equals(self, other: Latents) -> bool:
+        """Bit-exact equality of every symbol and latent half."""
+        return all(np.array_equal(getattr(self, f.name), getattr(other, f.name)) for f in fields(self))
 
 
 @dataclass

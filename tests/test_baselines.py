@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import rgb_array, tiny_model
 
 torch = pytest.importorskip("torch")

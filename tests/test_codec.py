@@ -55,6 +55,7 @@ def stream(codec: tuple[Encoder, Decoder]) -> bytes:
 def _assert_same_latents(a, b) -> None:  # type: ignore[no-untyped-def]
     for name in ("z_symbols", "anchor_symbols", "nonanchor_symbols", "anchor_hat", "nonanchor_hat"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert a.equals(b)
 
 
 @pytest.mark.parametrize("path", IMAGES, ids=lambda p: p.name)

@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 
 from ckbd.errors import CkbdError  # noqa: E402
 from ckbd.models.checkpoint import is_ckbd_checkpoint, load_model, read_checkpoint_file  # noqa: E402
-from ckbd.training import CropSampler, Trainer, TrainConfig, rd_loss, train  # noqa: E402
+from ckbd.training import CropSampler, TrainConfig, Trainer, rd_loss, train  # noqa: E402
 
 
 def tiny_config(**overrides) -> TrainConfig:

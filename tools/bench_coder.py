@@ -19,7 +19,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ckbd.runtime.coder import IndexedCoder
-from ckbd.runtime.entropy_tables import default_scale_table, gaussian_tables, scale_to_index
+from ckbd.runtime.entropy_tables import (
+    default_scale_table,
+    gaussian_tables,
+    scale_to_index,
+)
 
 SCALE_RANGE = (0.11, 20.0)
 

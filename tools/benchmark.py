@@ -36,8 +36,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ckbd.errors import CkbdError, require
-from ckbd.runtime.profiling import DECODE_STAGES, ENCODE_STAGES, StageTimer, median_times
+from ckbd.errors import require
+from ckbd.runtime.profiling import (
+    DECODE_STAGES,
+    ENCODE_STAGES,
+    StageTimer,
+    median_times,
+)
 
 PAPER_SIZE = (192, 320)
 #: Serial codecs are warmed up on a crop this big: a full-image warm-up would double their cost.
@@ -303,7 +308,10 @@ def _load_into(target: Any, state: dict[str, Any]) -> None:
 def compressai_models(compressai: Any, ckbd_model: Any, baselines: dict[str, Any], N: int, M: int) -> dict[str, Any]:
     """CompressAI models holding the same weights as ckbd's checkerboard model and baselines."""
     from compressai.entropy_models import EntropyBottleneck  # type: ignore[import-not-found]
-    from compressai.models import JointAutoregressiveHierarchicalPriors, MeanScaleHyperprior  # type: ignore[import-not-found]
+    from compressai.models import (  # type: ignore[import-not-found]
+        JointAutoregressiveHierarchicalPriors,
+        MeanScaleHyperprior,
+    )
 
     def with_bottleneck(model: Any, filters: tuple[int, ...]) -> Any:
         model.entropy_bottleneck = EntropyBottleneck(N, filters=filters)
@@ -380,7 +388,9 @@ def compressai_codecs(models: dict[str, Any]) -> list[TimedCodec]:
 
 def _compressai_calls(model: Any) -> tuple[Encode, Decode]:
     torch = _torch()
-    from ckbd.runtime.codec import to_network_input  # the same edge padding as every other codec
+    from ckbd.runtime.codec import (
+        to_network_input,  # the same edge padding as every other codec
+    )
 
     def encode(image: np.ndarray, timer: StageTimer) -> tuple[Any, int]:
         with torch.inference_mode(), timer.stage("compress"):

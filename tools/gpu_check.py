@@ -32,6 +32,7 @@ import numpy as np
 
 from ckbd.engines.builder import ImageSize, SizeProfile
 from ckbd.errors import CkbdError
+from ckbd.tools.metrics import psnr
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -107,13 +108,6 @@ class Config:
         for stage, ms in getattr(timer, "times_ms", {}).items():
             self.timings.add(stage, ms)
         return result
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    if a.shape != b.shape:
-        return float("nan")
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * float(np.log10(255.0**2 / mse))
 
 
 @dataclass

@@ -32,6 +32,7 @@ import numpy as np
 
 from ckbd.errors import CkbdError
 from ckbd.runtime.stages import ANALYSIS, LATENT_SYNTHESIS
+from ckbd.tools.metrics import psnr
 
 INT8 = "int8"
 
@@ -99,17 +100,6 @@ class Int8Report:
         return {**asdict(self), "summary": self.summary()}
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * float(np.log10(255.0**2 / mse))
-
-
-def same_latents(a: Any, b: Any) -> bool:
-    """Whether two decodes recovered the same symbols and latent halves (the rate is then equal)."""
-    names = ("z_symbols", "anchor_symbols", "nonanchor_symbols", "anchor_hat", "nonanchor_hat")
-    return all(np.array_equal(getattr(a, n), getattr(b, n)) for n in names)
-
-
 def _timed_decode(decoder: Any, data: bytes) -> tuple[Any, float, float]:
     """One decode: result, wall ms, latent_synthesis ms."""
     from ckbd.runtime.profiling import StageTimer
@@ -146,7 +136,7 @@ def evaluate_image(path: Path, codecs: dict[str, Any], repeats: int) -> ImageRes
     row = ImageResult(
         file=path.name, width=width, height=height, bpp=8 * len(data) / (height * width),
         psnr_fp32=psnr(image, ref.image), psnr_int8=psnr(image, low.image),
-        psnr_int8_vs_fp32=psnr(ref.image, low.image), latents_identical=same_latents(ref.latents, low.latents),
+        psnr_int8_vs_fp32=psnr(ref.image, low.image), latents_identical=ref.latents.equals(low.latents),
         decode_ms_fp32=statistics.median(wall32), decode_ms_int8=statistics.median(wall8),
         synthesis_ms_fp32=statistics.median(syn32), synthesis_ms_int8=statistics.median(syn8),
     )

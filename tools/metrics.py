@@ -87,8 +87,13 @@ def _filter_valid(img: np.ndarray, taps: np.ndarray) -> np.ndarray:
     """Separable 'valid' filtering: one vectorised shifted sum per tap and axis."""
     k = taps.size
     h, w = img.shape[0] - k + 1, img.shape[1] - k + 1
-    rows = sum(taps[i] * img[i: i + h] for i in range(k))
-    return sum(taps[i] * rows[:, i: i + w] for i in range(k))  # type: ignore[index,no-any-return]
+    rows = np.zeros((h, img.shape[1]) + img.shape[2:], dtype=np.float64)
+    for i in range(k):
+        rows += taps[i] * img[i: i + h]
+    out = np.zeros((h, w) + img.shape[2:], dtype=np.float64)
+    for i in range(k):
+        out += taps[i] * rows[:, i: i + w]
+    return out
 
 
 def _ssim_terms(x: np.ndarray, y: np.ndarray, peak: float) -> tuple[float, float]:

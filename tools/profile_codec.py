@@ -10,7 +10,13 @@ import numpy as np
 from tqdm import tqdm
 
 from ckbd.runtime.codec import Decoder, Encoder
-from ckbd.runtime.profiling import DECODE_STAGES, ENCODE_STAGES, StageTimer, median_times
+from ckbd.runtime.profiling import (
+    DECODE_STAGES,
+    ENCODE_STAGES,
+    StageTimer,
+    median_times,
+)
+from ckbd.tools.metrics import psnr
 
 
 @dataclass
@@ -54,11 +60,6 @@ def machine_info() -> dict[str, str]:
             "cpu_count": str(os.cpu_count()), "python": platform.python_version()}
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
-
-
 def profile_image(encoder: Encoder, decoder: Decoder, image: np.ndarray, name: str, repeat: int,
                   warmup: int = 1) -> ImageProfile:
     """Warm up, then time ``repeat`` encodes and decodes stage by stage; medians per stage."""
@@ -74,7 +75,7 @@ def profile_image(encoder: Encoder, decoder: Decoder, image: np.ndarray, name: s
         decoded = decoder.decode_detailed(data, timer).image
         dec_runs.append(timer.times_ms)
     h, w = image.shape[:2]
-    return ImageProfile(name, w, h, len(data), 8 * len(data) / (h * w), _psnr(image, decoded),
+    return ImageProfile(name, w, h, len(data), 8 * len(data) / (h * w), psnr(image, decoded),
                         median_times(dec_runs, DECODE_STAGES), median_times(enc_runs, ENCODE_STAGES))
 
 

@@ -13,10 +13,9 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
-from ckbd.runtime.codec import Decoder, Encoder, Latents
+from ckbd.runtime.codec import Decoder, Encoder
 from ckbd.runtime.imageio import IMAGE_SUFFIXES, read_image
 
 
@@ -29,17 +28,12 @@ class RoundTrip:
     latents_identical: bool
 
 
-def latents_equal(a: Latents, b: Latents) -> bool:
-    names = ("z_symbols", "anchor_symbols", "nonanchor_symbols", "anchor_hat", "nonanchor_hat")
-    return all(np.array_equal(getattr(a, n), getattr(b, n)) for n in names)
-
-
 def check(encoder: Encoder, decoder: Decoder, path: Path) -> RoundTrip:
     enc = encoder.encode_detailed(read_image(path, quiet=True))
     dec = decoder.decode_detailed(enc.data)
     ideal = enc.estimated_bits / 8
     return RoundTrip(str(path), len(enc.data), ideal, 100 * (len(enc.data) / ideal - 1),
-                     latents_equal(enc.latents, dec.latents))
+                     enc.latents.equals(dec.latents))
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ command bodies so that ``ckbd --help`` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
+
 import typer
 
 bench_app = typer.Typer(help="Benchmark parts of the runtime.", no_args_is_help=True)

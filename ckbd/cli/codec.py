@@ -5,11 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import typer
 
 from ckbd.cli.batch import expand_inputs, finish, output_paths, run_batch
-from ckbd.cli.codec_options import BackendOption, ModelOption, PrecisionOption, ThreadsOption, open_codec
+from ckbd.cli.codec_options import (
+    BackendOption,
+    ModelOption,
+    PrecisionOption,
+    ThreadsOption,
+    open_codec,
+)
 
 SUFFIX = ".ckbd"
 
@@ -17,11 +22,6 @@ SUFFIX = ".ckbd"
 def register(app: typer.Typer) -> None:
     app.command("encode")(encode_command)
     app.command("decode")(decode_command)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def encode_command(
@@ -37,6 +37,7 @@ def encode_command(
     from ckbd.runtime.atomic import atomic_write_bytes
     from ckbd.runtime.codec import Decoder, Encoder
     from ckbd.runtime.imageio import IMAGE_SUFFIXES, read_image
+    from ckbd.tools.metrics import psnr
 
     inputs = expand_inputs(images, IMAGE_SUFFIXES)
     encoder = open_codec(Encoder, model, backend, threads)
@@ -71,6 +72,7 @@ def decode_command(
     """Decompress .ckbd files to images."""
     from ckbd.runtime.codec import Decoder
     from ckbd.runtime.imageio import read_image, write_image
+    from ckbd.tools.metrics import psnr
 
     inputs = expand_inputs(files, {SUFFIX})
     decoder = open_codec(Decoder, model, backend, threads, precision)
