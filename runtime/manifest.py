@@ -57,7 +57,14 @@ class Manifest:
         return ARCH_IDS[self.arch]
 
     def graph_path(self, model_dir: Path, stage: str, precision: str = "fp32") -> Path:
-        """The file to load for ``stage``, preferring a variant of ``precision`` when listed."""
+        """The file to load for ``stage``, preferring a variant of ``precision`` when listed.
+
+        Stages without a variant run in fp32 (the parameter graphs always do), but a precision the
+        model has no graphs for at all is an error rather than a silent fp32 run.
+        """
+        if precision != "fp32" and precision not in self.variants:
+            hint = "ckbd calibrate" if precision == "int8" else "ckbd export --fp16"
+            raise ModelError(f"model directory {model_dir} has no {precision} graphs; make them with {hint}")
         entry = self.variants.get(precision, {}).get(stage) if precision != "fp32" else None
         entry = entry or self.graphs.get(stage)
         if entry is None:

@@ -240,3 +240,18 @@ def test_roundtrip_check_tool(codec: tuple[Encoder, Decoder]) -> None:
     assert row.latents_identical
     assert row.bytes == len(codec[0].encode(read_image(IMAGES[0])))
     assert 0 < row.estimated_bytes < row.bytes
+
+
+def test_missing_precision_variant_is_an_error(model_dir: Path) -> None:
+    from ckbd.errors import ModelError
+
+    with pytest.raises(ModelError, match="no int8 graphs"):
+        Decoder.open(model_dir, threads=1, precision="int8")
+
+
+def test_single_file_error_names_the_file_once(model_dir: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.ckbd"
+    empty.write_bytes(b"")
+    r = _ckbd("decode", str(empty), "--model", str(model_dir))
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [f"error: {empty}: not a ckbd file: the input is empty"]

@@ -65,6 +65,11 @@ class BatchReport:
         atomic_write_bytes(path, json.dumps(summary, indent=2).encode())
 
 
+def describe_failure(src: Path, message: str) -> str:
+    """One line naming the file once, whether or not the error message already does."""
+    return message if str(src) in message else f"{src}: {message}"
+
+
 def run_batch(pairs: list[tuple[Path, Path]], work: Callable[[Path, Path], dict[str, Any]], label: str) -> BatchReport:
     """Apply ``work(src, dst)`` to every pair; a CkbdError fails that file only."""
     report = BatchReport()
@@ -74,7 +79,8 @@ def run_batch(pairs: list[tuple[Path, Path]], work: Callable[[Path, Path], dict[
             report.results.append({"file": str(src), "output": str(dst), **work(src, dst)})
         except CkbdError as exc:
             report.failures.append((src, str(exc)))
-            tqdm.write(f"error: {src}: {exc}", file=sys.stderr)
+            if len(pairs) > 1:
+                tqdm.write(f"error: {describe_failure(src, str(exc))}", file=sys.stderr)
     return report
 
 
@@ -84,7 +90,7 @@ def finish(report: BatchReport, json_path: Path | None, extra: dict[str, Any] | 
         report.write_json(json_path, extra)
     if report.failures:
         if len(report.results) + len(report.failures) == 1:
-            raise CkbdError(report.failures[0][1])
+            raise CkbdError(describe_failure(*report.failures[0]))
         typer.secho(f"{len(report.failures)} of {len(report.results) + len(report.failures)} files failed",
                     err=True, fg=typer.colors.RED)
         raise typer.Exit(1)
