@@ -34,8 +34,6 @@ def _to_rgb8(img: Image.Image, path: Path, quiet: bool) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)
     if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
         _notice(path, f"alpha channel dropped ({img.mode})", quiet)
-    elif img.mode in ("L", "1", "P"):
-        _notice(path, f"{img.mode} image converted to RGB", quiet)
     else:
         _notice(path, f"{img.mode} image converted to RGB", quiet)
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
@@ -61,9 +59,9 @@ def read_image(path: Path, quiet: bool = False) -> np.ndarray:
 def write_image(path: Path, image: np.ndarray) -> None:
     """Write a uint8 (H, W, 3) array; the format follows the suffix (PNG when there is none)."""
     path = Path(path)
-    fmt = "PNG" if path.suffix.lower() in ("", ".png") else None
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
     with atomic_path(path) as tmp:
         try:
-            Image.fromarray(np.ascontiguousarray(image), mode="RGB").save(tmp, format=fmt or Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+            Image.fromarray(np.ascontiguousarray(image)).save(tmp, format=fmt)
         except (KeyError, ValueError) as exc:
             raise ImageError(f"{path}: cannot write this format ({exc})") from None
