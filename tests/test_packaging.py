@@ -65,3 +65,16 @@ def test_optional_backends_import_lazily() -> None:
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_cli_help_needs_no_heavy_dependency() -> None:
+    code = _blocking(("torch", "onnx", "onnxruntime", "matplotlib", "tensorrt")) + textwrap.dedent("""
+        from ckbd.cli.main import run
+        try:
+            run(["--help"])
+        except SystemExit as exc:
+            assert exc.code in (0, None), exc.code
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "encode" in result.stdout and "decode" in result.stdout

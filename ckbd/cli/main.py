@@ -22,8 +22,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Each module exposes ``register(app)``. Kept as names so that `ckbd --help` imports no torch:
-# modules import their heavy dependencies inside the command bodies.
+# Each module exposes ``register(app)``. None imports torch, onnx or onnxruntime at module level:
+# they import heavy dependencies inside the command bodies, so `ckbd --help` stays fast.
 COMMAND_MODULES = (
     "codec", "info", "train", "export_cmd", "profile", "bench", "bench_codecs", "build", "calibrate", "eval",
 )
@@ -40,13 +40,7 @@ def _root(
 
 def _register_all() -> None:
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"ckbd.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"ckbd.cli.{name}":
-                continue
-            raise
-        module.register(app)
+        importlib.import_module(f"ckbd.cli.{name}").register(app)
 
 
 _register_all()
