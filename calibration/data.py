@@ -62,7 +62,7 @@ def latent_feeds(model_dir: Path, threads: int = 0) -> FeedFn:
     encoder = Encoder.open(model_dir, threads=threads)  # fp32: calibrate against the float pipeline
 
     def feed(image: np.ndarray) -> dict[str, np.ndarray]:
-        latents = encoder.encode_detailed(image).latents
+        latents = encoder.encode_detailed(image, estimate=False).latents
         return {"anchor_hat": np.ascontiguousarray(latents.anchor_hat, dtype=np.float32),
                 "nonanchor_hat": np.ascontiguousarray(latents.nonanchor_hat, dtype=np.float32)}
 

@@ -58,7 +58,7 @@ class Latents:
 class EncodeResult:
     data: bytes
     latents: Latents
-    estimated_bits: float  # ideal code length of the payloads under the model's tables
+    estimated_bits: float | None  # ideal code length of the payloads (when asked for)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -122,9 +122,11 @@ class Encoder(_CodecBase):
     STAGES = (ANALYSIS, HYPER_SYNTHESIS, ANCHOR_PARAMS, NONANCHOR_PARAMS)
 
     def encode(self, image: np.ndarray) -> bytes:
-        return self.encode_detailed(image).data
+        return self.encode_detailed(image, estimate=False).data
 
-    def encode_detailed(self, image: np.ndarray, timer: StageTimer | None = None) -> EncodeResult:
+    def encode_detailed(self, image: np.ndarray, timer: StageTimer | None = None,
+                        estimate: bool = True) -> EncodeResult:
+        """Encode and return the latents too; ``estimate`` adds the ideal code length (extra work)."""
         timer = timer or NullTimer()
         height, width = check_image(image)
         y_coder, z_coder = self.model.y_coder, self.model.z_coder
@@ -136,13 +138,14 @@ class Encoder(_CodecBase):
         with timer.stage("z_encode"):
             z_payload = z_coder.encode(z_symbols, z_indexes)
         payloads: dict[str, bytes] = {}
-        bits = [z_coder.estimate_bits(z_symbols, z_indexes)]
+        bits = [z_coder.estimate_bits(z_symbols, z_indexes)] if estimate else []
 
         def coder_for(y: np.ndarray, name: str) -> CodeHalf:
             def code(indexes: np.ndarray, means: np.ndarray) -> np.ndarray:
                 symbols = np.rint(y - means).astype(np.int32)
                 payloads[name] = y_coder.encode(symbols, indexes)
-                bits.append(y_coder.estimate_bits(symbols, indexes))
+                if estimate:
+                    bits.append(y_coder.estimate_bits(symbols, indexes))
                 return symbols
             return code
 
@@ -157,7 +160,7 @@ class Encoder(_CodecBase):
             N=self.manifest.N, M=self.manifest.M, symbols_crc=latents.crc32(),
             z=z_payload, anchors=payloads["anchor"], nonanchors=payloads["nonanchor"],
         ))
-        return EncodeResult(data, latents, float(sum(bits)), dict(timer.times_ms))
+        return EncodeResult(data, latents, float(sum(bits)) if estimate else None, dict(timer.times_ms))
 
 
 class Decoder(_CodecBase):

@@ -154,7 +154,7 @@ def ckbd_codecs(model: Any, model_dir: Path, threads: int) -> list[TimedCodec]:
 
 def _ckbd_timed(name: str, label: str, backend: str, encoder: Any, decoder: Any) -> TimedCodec:
     def encode(image: np.ndarray, timer: StageTimer) -> tuple[Any, int]:
-        data = encoder.encode_detailed(image, timer).data
+        data = encoder.encode_detailed(image, timer, estimate=False).data
         return data, len(data)
 
     def decode(data: Any, timer: StageTimer) -> np.ndarray:

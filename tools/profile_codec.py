@@ -69,7 +69,7 @@ def profile_image(encoder: Encoder, decoder: Decoder, image: np.ndarray, name: s
     data, decoded = b"", image
     for _ in range(repeat):
         timer = StageTimer()
-        data = encoder.encode_detailed(image, timer).data
+        data = encoder.encode_detailed(image, timer, estimate=False).data
         enc_runs.append(timer.times_ms)
         timer = StageTimer()
         decoded = decoder.decode_detailed(data, timer).image
