@@ -38,6 +38,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     seed: int = 0
     threads: int = 0  # 0: torch's default
+    device: str = "auto"  # auto: CUDA when present, else CPU
 
     def __post_init__(self) -> None:
         if self.crop % 64:
@@ -99,7 +100,10 @@ class Trainer:
     def __init__(self, config: TrainConfig, model: HyperpriorModel | None = None) -> None:
         self.config = config
         torch.manual_seed(config.seed)
-        self.model = model or build_model(ModelConfig(config.arch, config.N, config.M))
+        self.device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+        )
+        self.model = (model or build_model(ModelConfig(config.arch, config.N, config.M))).to(self.device)
         main = [p for n, p in self.model.named_parameters() if not n.endswith("quantiles")]
         aux = [p for n, p in self.model.named_parameters() if n.endswith("quantiles")]
         self.optimizer = torch.optim.Adam(main, lr=config.lr)
@@ -108,6 +112,7 @@ class Trainer:
         self.elapsed_s = 0.0
 
     def train_step(self, x: torch.Tensor) -> StepStats:
+        x = x.to(self.device, non_blocking=True)
         self.model.train()
         self.model.ste_synthesis = self.step >= self.config.ste_from * self.config.steps
         self.optimizer.zero_grad(set_to_none=True)

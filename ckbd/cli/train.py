@@ -26,6 +26,7 @@ def train_command(
     ste_from: float = typer.Option(0.8, help="Fraction of steps after which synthesis sees rounded latents."),
     checkpoint_every: int = typer.Option(200, help="Checkpoint interval in steps."),
     threads: int = typer.Option(0, help="torch CPU threads (0: default)."),
+    device: str = typer.Option("auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ..."),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("checkpoint.pt"), "--out", "-o", help="Checkpoint to write."),
     resume: bool = typer.Option(False, help="Continue from --out if it exists."),
@@ -36,6 +37,7 @@ def train_command(
     if arch == "cheng2020-ckbd":
         M = N
     config = TrainConfig(arch=arch, N=N, M=M, lmbda=lmbda, steps=steps, batch=batch, crop=crop, lr=lr,
-                         ste_from=ste_from, checkpoint_every=checkpoint_every, seed=seed, threads=threads)
+                         ste_from=ste_from, checkpoint_every=checkpoint_every, seed=seed, threads=threads,
+                         device=device)
     trainer = train(config, data or default_train_dir(), out, resume=resume)
     typer.echo(f"{out}: {trainer.step} steps, {trainer.elapsed_s / 60:.1f} min of training")
