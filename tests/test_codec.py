@@ -255,3 +255,19 @@ def test_single_file_error_names_the_file_once(model_dir: Path, tmp_path: Path) 
     r = _ckbd("decode", str(empty), "--model", str(model_dir))
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [f"error: {empty}: not a ckbd file: the input is empty"]
+
+
+def test_cli_profile_writes_stage_times_and_plot(model_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    r = _ckbd("profile", str(IMAGES[0]), "--model", str(model_dir), "--repeat", "2", "--threads", "1",
+              "--json", str(tmp_path / "p.json"), "--plot", str(tmp_path / "p.png"))
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "p.json").read_text())
+    decode = report["mean_decode_ms"]
+    assert set(decode) == {"z_decode", "hyper_synthesis", "anchor_params", "anchor_decode", "nonanchor_params",
+                           "nonanchor_decode", "latent_synthesis", "total"}
+    assert decode["total"] >= decode["latent_synthesis"] > 0
+    assert "analysis" in report["mean_encode_ms"] and report["images"][0]["bpp"] > 0
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    assert "latent_synthesis" in r.stdout

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -16,6 +16,7 @@ from ckbd.runtime.profiling import (
     StageTimer,
     median_times,
 )
+from ckbd.tools.bench_coder import machine_info
 from ckbd.tools.metrics import psnr
 
 
@@ -39,7 +40,7 @@ class ProfileReport:
     M: int
     repeat: int
     images: list[ImageProfile] = field(default_factory=list)
-    machine: dict[str, str] = field(default_factory=lambda: machine_info())
+    machine: dict[str, Any] = field(default_factory=machine_info)
 
     def mean(self, which: str) -> dict[str, float]:
         """Per-stage mean over images of the per-image medians."""
@@ -51,13 +52,6 @@ class ProfileReport:
         out["mean_decode_ms"] = self.mean("decode_ms")
         out["mean_encode_ms"] = self.mean("encode_ms")
         return out
-
-
-def machine_info() -> dict[str, str]:
-    import os
-
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": str(os.cpu_count()), "python": platform.python_version()}
 
 
 def profile_image(encoder: Encoder, decoder: Decoder, image: np.ndarray, name: str, repeat: int,
