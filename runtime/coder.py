@@ -2,10 +2,9 @@
 
 Why it is fast: coding symbol by symbol with per-symbol model parameters builds a model per
 symbol (constriction's QuantizedGaussian decodes ~5 M symbols/s). Here the symbols are grouped by
-table index with one sort, and each group is coded as one long i.i.d. run under a
-:class:`constriction.stream.model.Categorical` built once per table, so the per-symbol cost is
-the range coder step itself. The grouping buffers are reused per thread: on small VMs the page
-faults of fresh multi-megabyte arrays cost more than the sort.
+table index with one stable counting sort (:mod:`ckbd.runtime.grouping`), and each group is coded
+as one long i.i.d. run under a :class:`constriction.stream.model.Categorical` built once per
+table, so the per-symbol cost is the range coder step itself.
 
 Stream layout (one ``constriction.stream.queue.RangeEncoder``, a queue: decode order is encode
 order), serialised as little-endian uint32 words:
@@ -32,13 +31,11 @@ The tables' frequencies are handed to constriction's 24-bit models so that they 
 
 from __future__ import annotations
 
-import threading
-from itertools import pairwise
-
 import constriction
 import numpy as np
 
 from ckbd.errors import BitstreamError
+from ckbd.runtime import grouping
 from ckbd.runtime.entropy_tables import EntropyTables
 
 #: Largest |value| that may be coded through the escape path.
@@ -47,13 +44,7 @@ _MAX_EXP = 24  # Elias-gamma exponents 0.._MAX_EXP
 _HEADER_SIZE = 2 * (_MAX_EXP + 1)
 _CHUNK = 12  # mantissa bits per uniform symbol (constriction's uniform sizes must be < 2**24)
 _MODEL_PRECISION = 24  # constriction's default categorical models use 24-bit probabilities
-#: Calls with more symbols than this allocate their grouping buffers (16 bytes a symbol)
-#: instead of keeping them per thread.
-WORKSPACE_LIMIT = 1 << 22
-
-Runs = list[tuple[int, int, int]]  # (table, start, stop) in grouped order
-
-
+_ESCAPED = np.iinfo(np.int32).min  # marks escapes while decoding: no value is that far out
 def _categorical(freqs: np.ndarray, precision: int) -> constriction.stream.model.Categorical:
     """A constriction model whose fixed-point pmf is exactly ``freqs * 2**(24 - precision)``.
 
@@ -81,28 +72,10 @@ def _mantissa_chunks(n: np.ndarray) -> list[tuple[np.ndarray, int, np.ndarray]]:
     return chunks
 
 
-class _Workspace(threading.local):
-    """Per-thread grouping buffers: an intp permutation, a 32-bit key/scratch, and 0..n-1."""
-
-    def __init__(self) -> None:
-        self.order = np.empty(0, dtype=np.intp)
-        self.key = np.empty(0, dtype=np.uint32)
-        self.positions = np.empty(0, dtype=np.uint32)
-
-    def get(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if n > WORKSPACE_LIMIT:
-            return np.empty(n, np.intp), np.empty(n, np.uint32), np.arange(n, dtype=np.uint32)
-        if self.order.size < n:
-            self.order = np.empty(n, dtype=np.intp)
-            self.key = np.empty(n, dtype=np.uint32)
-            self.positions = np.arange(n, dtype=np.uint32)
-        return self.order[:n], self.key[:n], self.positions[:n]
-
-
 class IndexedCoder:
     """Range-codes int32 values, each under the table picked by its index.
 
-    Thread-safe: the models are immutable and the scratch buffers are per thread.
+    Thread-safe: the models are immutable and the grouping buffers are per thread.
     """
 
     def __init__(self, tables: EntropyTables) -> None:
@@ -114,7 +87,6 @@ class IndexedCoder:
         ]
         with np.errstate(divide="ignore"):
             self._neg_log2 = tables.precision - np.log2(tables.freqs.astype(np.float64))
-        self._workspace = _Workspace()
 
     # -- public API -------------------------------------------------------------------------
 
@@ -123,20 +95,21 @@ class IndexedCoder:
         symbols, flat_idx = self._check(np.asarray(symbols), indexes)
         if flat_idx.size == 0:
             return b""
-        order, runs, grouped = self._group(flat_idx)
-        np.take(symbols, order, out=grouped, mode="clip")  # 'raise' would buffer
+        groups = grouping.group(flat_idx, self.tables.num_tables)
+        grouped = grouping.scratch(flat_idx.size)
+        groups.split(symbols, grouped)
         encoder = constriction.stream.queue.RangeEncoder()
-        escapes = []
-        for k, start, stop in runs:
+        escaped_values, escaped_tables = [], []
+        for k, start, stop in groups.runs():
             entries = grouped[start:stop] - self._offsets[k]
             outside = (entries < 0) | (entries >= self._escape[k])
             if outside.any():
+                escaped_values.append(grouped[start:stop][outside])
+                escaped_tables.append(np.full(escaped_values[-1].size, k, dtype=np.int32))
                 entries[outside] = self._escape[k]
-                escapes.append(start + np.flatnonzero(outside))
             encoder.encode(entries, self._models[k])
-        if escapes:
-            pos = np.concatenate(escapes)
-            self._encode_escapes(encoder, grouped[pos], flat_idx[order[pos]])
+        if escaped_values:
+            self._encode_escapes(encoder, np.concatenate(escaped_values), np.concatenate(escaped_tables))
         return encoder.get_compressed().astype("<u4", copy=False).tobytes()
 
     def decode(self, data: bytes, indexes: np.ndarray) -> np.ndarray:
@@ -178,7 +151,7 @@ class IndexedCoder:
         flat = idx.reshape(-1)
         if flat.dtype == np.int32:  # the hot path: one pass, negatives wrap to huge values
             flat = np.ascontiguousarray(flat)
-            bad = bool(np.any(flat.view(np.uint32) >= self.tables.num_tables))
+            bad = bool(flat.size) and int(flat.view(np.uint32).max()) >= self.tables.num_tables
         else:  # check before narrowing, so that wide values cannot wrap into range
             bad = bool(flat.size) and (flat.min() < 0 or flat.max() >= self.tables.num_tables)
         if bad:
@@ -197,41 +170,6 @@ class IndexedCoder:
         if flat.size and max(-int(flat.min()), int(flat.max())) > MAX_MAGNITUDE:
             raise BitstreamError("a value exceeds the codable magnitude 2**24: refusing to code")
         return np.ascontiguousarray(flat, dtype=np.int32), self._check_indexes(indexes)
-
-    def _group(self, flat_idx: np.ndarray) -> tuple[np.ndarray, Runs, np.ndarray]:
-        """Stable grouping: the permutation that lists symbols table by table, each table's run,
-        and a free int32 scratch array of the same length (valid until the next call).
-
-        Sorts ``index << bits | position`` keys: they are unique, so any sort algorithm yields
-        the one stable order (encoder and decoder agree whatever numpy they run), and numpy's
-        vectorised sort of 32-bit keys is about twice as fast as its stable argsort.
-        """
-        n, num_tables = flat_idx.size, self.tables.num_tables
-        bits = max(1, (n - 1).bit_length())
-        if bits + max(1, (num_tables - 1).bit_length()) > 32:
-            return self._group_wide(flat_idx, bits)
-        order, key, positions = self._workspace.get(n)
-        np.left_shift(flat_idx.view(np.uint32), np.uint32(bits), out=key)
-        key |= positions
-        key.sort()
-        starts = np.searchsorted(key, np.arange(num_tables, dtype=np.uint32) << np.uint32(bits))
-        np.bitwise_and(key, np.uint32((1 << bits) - 1), out=order, casting="unsafe")
-        return order, self._runs(starts, n), key.view(np.int32)
-
-    def _group_wide(self, flat_idx: np.ndarray, bits: int) -> tuple[np.ndarray, Runs, np.ndarray]:
-        """:meth:`_group` with 64-bit keys, for inputs too large for 32-bit ones."""
-        key = flat_idx.astype(np.uint64) << np.uint64(bits)
-        key |= np.arange(flat_idx.size, dtype=np.uint64)
-        key.sort()
-        tables = np.arange(self.tables.num_tables, dtype=np.uint64) << np.uint64(bits)
-        starts = np.searchsorted(key, tables)
-        order = (key & np.uint64((1 << bits) - 1)).astype(np.intp)
-        return order, self._runs(starts, flat_idx.size), np.empty(flat_idx.size, np.int32)
-
-    @staticmethod
-    def _runs(starts: np.ndarray, n: int) -> Runs:
-        bounds = [*starts.tolist(), n]
-        return [(k, a, b) for k, (a, b) in enumerate(pairwise(bounds)) if b > a]
 
     # -- escapes ----------------------------------------------------------------------------
 
@@ -288,17 +226,21 @@ class IndexedCoder:
 
     def _decode_all(self, words: np.ndarray, flat_idx: np.ndarray) -> np.ndarray:
         decoder = constriction.stream.queue.RangeDecoder(words)
-        order, runs, _ = self._group(flat_idx)
-        values = np.empty(flat_idx.size, dtype=np.int32)
-        escapes = []
-        for k, start, stop in runs:
+        groups = grouping.group(flat_idx, self.tables.num_tables)
+        grouped = grouping.scratch(flat_idx.size)
+        escaped = False
+        for k, start, stop in groups.runs():
             entries = decoder.decode(self._models[k], stop - start)
+            out = grouped[start:stop]
+            np.add(entries, self._offsets[k], out=out)
             if entries.max() == self._escape[k]:
-                escapes.append(start + np.flatnonzero(entries == self._escape[k]))
-            entries += self._offsets[k]
-            values[order[start:stop]] = entries
-        if escapes:
-            at = order[np.concatenate(escapes)]
+                out[entries == self._escape[k]] = _ESCAPED
+                escaped = True
+        values = np.empty(flat_idx.size, dtype=np.int32)
+        groups.merge(grouped, values)
+        if escaped:  # the stream lists the escapes in grouped order: by table, then position
+            at = np.flatnonzero(values == _ESCAPED)
+            at = at[np.argsort(flat_idx[at], kind="stable")]
             values[at] = self._decode_escapes(decoder, flat_idx[at])
         if not decoder.maybe_exhausted():
             raise BitstreamError("corrupt entropy-coded data: unread words after the last symbol")

@@ -3,6 +3,7 @@ production runtime imports without torch or any CLI/plotting dependency."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SUBPACKAGES = ("ckbd", "ckbd.cli", "ckbd.models", "ckbd.export", "ckbd.runtime", "ckbd.engines",
                "ckbd.calibration", "ckbd.tools")
-RUNTIME_MODULES = ("atomic", "backend", "bitstream", "codec", "coder", "entropy_tables", "imageio",
+RUNTIME_MODULES = ("atomic", "backend", "bitstream", "codec", "coder", "entropy_tables", "grouping", "imageio",
                    "manifest", "model", "ort_backend", "profiling", "stages")
 
 
@@ -37,6 +38,8 @@ def test_regular_install_imports_every_subpackage(tmp_path: Path) -> None:
     assert (target / "ckbd" / "assets" / "default" / "manifest.json").is_file(), "default model not installed"
     assert (target / "ckbd" / "assets" / "default_checkpoint.pt").is_file()
     code = "import importlib, sys\n" + "".join(f"m = importlib.import_module({p!r}); assert {str(target)!r} in m.__file__, m.__file__\n" for p in SUBPACKAGES)
+    if shutil.which("cc"):  # the optional C helper is built wherever a compiler exists
+        code += "from ckbd.runtime import grouping; assert grouping.compiled is not None\n"
     # Run from tmp_path with only the install on the path, so the checkout cannot be imported.
     env = {"PYTHONPATH": str(target), "PYTHONNOUSERSITE": "1", "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r})\n" + code],

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ckbd.runtime import grouping
 from ckbd.runtime.coder import IndexedCoder
 from ckbd.runtime.entropy_tables import (
     default_scale_table,
@@ -35,6 +36,7 @@ class CoderBenchResult:
     overhead_pct: float  # coded size vs the ideal -sum(log2 p), in percent
     n_symbols: int
     bytes: int
+    grouping: str  # "compiled" (the C helper) or "numpy" (its fallback)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,6 +83,7 @@ def run_coder_benchmark(
         overhead_pct=(8 * len(data) / ideal - 1) * 100 if ideal > 0 else 0.0,
         n_symbols=symbols,
         bytes=len(data),
+        grouping="numpy" if grouping.compiled is None else "compiled",
     )
 
 

@@ -33,6 +33,7 @@ def coder(
         ("encode", f"{result.encode_msym_s:.1f} M symbols/s"),
         ("decode", f"{result.decode_msym_s:.1f} M symbols/s"),
         ("rate overhead", f"{result.overhead_pct:.3f} %"),
+        ("grouping", result.grouping),
     ]
     for name, value in rows:
         typer.echo(f"{name:<14} {value}")
