@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -26,6 +27,8 @@ from ckbd.runtime.backend import Tensor, to_host
 from ckbd.runtime.entropy_tables import EntropyTables, default_scale_table
 from ckbd.runtime.manifest import Manifest
 from ckbd.runtime.stages import STAGE_IO, TensorSpec
+
+C = TypeVar("C")
 
 _NUMPY_TYPES = {"float32": np.float32, "int32": np.int32, "uint8": np.uint8}
 
@@ -94,3 +97,12 @@ def reference_package(
         model = checkpoint_or_model
     manifest, y_tables, z_tables = build_package(model)
     return manifest, y_tables, z_tables, TorchBackend(model, np.asarray(manifest.scale_table, np.float32))
+
+
+def open_reference(cls: type[C], checkpoint_or_model: HyperpriorModel | Path | str) -> C:
+    """An :class:`~ckbd.runtime.codec.Encoder` or ``Decoder`` (``cls``) running a checkpoint on torch."""
+    from ckbd.runtime.model import CodecModel
+
+    manifest, y_tables, z_tables, backend = reference_package(checkpoint_or_model)
+    runners = {stage: backend.load(None, stage) for stage in cls.STAGES}  # type: ignore[attr-defined]
+    return cls(CodecModel.from_parts(manifest, y_tables, z_tables, runners, "torch"))  # type: ignore[call-arg]

@@ -113,15 +113,39 @@ def test_eval_writes_json(model_dir: Path, tmp_path: Path) -> None:
     assert "PSNR" in result.output
 
 
-def test_eval_bd_rate_with_four_models(tmp_path: Path) -> None:
-    """BD-rate appears with four RD points (compare() is what eval calls)."""
+def test_eval_bd_rate_with_four_models_of_one_architecture(tmp_path: Path) -> None:
+    """BD-rate appears with four RD points of one family; other families never join that curve."""
     from ckbd.tools.rd_eval import RDPoint, compare
 
     curve = [RDPoint(str(q), b, p, 0.9) for q, b, p in [(10, 0.3, 27), (30, 0.6, 30), (60, 1.0, 33), (90, 2.0, 37)]]
-    models = [RDPoint(f"m{i}", b * 0.8, p, 0.95) for i, (b, p) in enumerate([(0.3, 27), (0.6, 30), (1.0, 33), (2.0, 37)])]
-    result = compare(models, {"jpeg": curve})
-    assert result["bd_rate_psnr_pct"]["jpeg"] == pytest.approx(-20.0, abs=1e-6)
+    models = [RDPoint(f"m{i}", b * 0.8, p, 0.95, family="mbt2018-ckbd")
+              for i, (b, p) in enumerate([(0.3, 27), (0.6, 30), (1.0, 33), (2.0, 37)])]
+    serial = RDPoint("serial", 0.1, 40.0, 0.99, family="mbt2018")  # would wreck the fit if it joined
+    result = compare([*models, serial], {"jpeg": curve})
+    assert result["bd_rate_psnr_pct"] == {"mbt2018-ckbd": {"jpeg": pytest.approx(-20.0, abs=1e-6)}}
+    assert any("mbt2018 has 1" in n for n in result["notes"])
     assert compare(models[:1], {"jpeg": curve})["bd_rate_psnr_pct"] == {}
+
+
+def test_eval_measures_checkpoints_baselines_included(tmp_path: Path) -> None:
+    """A serial-context checkpoint (no exported graphs) and a checkerboard one run on torch, so the
+    checkerboard's RD cost against the serial baseline is measured by the same command."""
+    from conftest import tiny_model
+
+    from ckbd.models.checkpoint import save_checkpoint
+
+    for arch in ("mbt2018", "mbt2018-ckbd"):
+        save_checkpoint(tmp_path / f"{arch}.pt", tiny_model(arch))
+    out = tmp_path / "rd.json"
+    args = ["eval", str(IMAGES[0]), "--model", str(tmp_path / "mbt2018.pt"), "--model", str(tmp_path / "mbt2018-ckbd.pt"),
+            "--json", str(out), "--qualities", "10,90", "--threads", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    serial, ckbd = json.loads(out.read_text())["models"]
+    assert (serial["family"], ckbd["family"]) == ("mbt2018", "mbt2018-ckbd")
+    assert serial["label"] == "mbt2018 mbt2018.pt (torch)"
+    for model in (serial, ckbd):
+        assert model["bpp"] > 0 and math.isfinite(model["psnr"])
 
 
 # -- ckbd bench codecs ----------------------------------------------------------------------

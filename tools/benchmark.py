@@ -698,9 +698,10 @@ def _rd_lines(rd: dict[str, Any]) -> list[str]:
         deltas = [f"{k.split('_vs_')[1]} {row[k]:+.2f} dB" for k in row if k.startswith("delta_psnr_vs_") and row[k] is not None]
         if deltas:
             lines.append(f"\n{row['label']} at {row['bpp']:.4f} bpp vs Pillow: " + ", ".join(deltas))
-    for fmt, value in (comp.get("bd_rate_psnr_pct") or {}).items():
-        if value is not None:
-            lines.append(f"\nBD-rate (PSNR) vs {fmt}: {value:+.2f} %")
+    for family, per_format in (comp.get("bd_rate_psnr_pct") or {}).items():
+        for fmt, value in per_format.items():
+            if value is not None:
+                lines.append(f"\nBD-rate (PSNR) of {family} vs {fmt}: {value:+.2f} %")
     return lines
 
 

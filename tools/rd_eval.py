@@ -1,4 +1,4 @@
-"""Rate-distortion evaluation: ckbd models (ONNX Runtime) against JPEG and WebP from Pillow.
+"""Rate-distortion evaluation: ckbd models (ONNX Runtime, or checkpoints on torch) against JPEG and WebP.
 
 Every figure is measured, not estimated: bpp is ``8 * len(file bytes) / (H * W)`` of the actual
 ckbd bitstream (container and CRCs included) or of the actual JPEG/WebP file, and the quality is
@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ckbd.errors import require
 from ckbd.tools.bdrate import MIN_POINTS, bd_rate
 from ckbd.tools.metrics import ms_ssim, psnr
 
@@ -57,11 +58,12 @@ class RDPoint:
     psnr: float
     ms_ssim: float
     images: list[ImageResult] = field(default_factory=list)
+    family: str = ""  # the architecture: BD-rate curves join only points of one family
 
     @classmethod
-    def from_images(cls, label: str, images: list[ImageResult]) -> RDPoint:
+    def from_images(cls, label: str, images: list[ImageResult], family: str = "") -> RDPoint:
         return cls(label, float(np.mean([i.bpp for i in images])), float(np.mean([i.psnr for i in images])),
-                   float(np.mean([i.ms_ssim for i in images])), images)
+                   float(np.mean([i.ms_ssim for i in images])), images, family)
 
 
 @dataclass
@@ -97,21 +99,21 @@ def _progress(total: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(total=total, desc=desc, unit="image", file=sys.stderr, disable=not enabled)
 
 
-def evaluate(paths: Sequence[Path], model_dirs: Sequence[Path | None], qualities: Sequence[int] = DEFAULT_QUALITIES,
+def evaluate(paths: Sequence[Path], models: Sequence[Path | None], qualities: Sequence[int] = DEFAULT_QUALITIES,
              formats: Sequence[str] = tuple(PILLOW_FORMATS), threads: int = 0, progress: bool = True) -> RDReport:
     """Measure every model and every (format, quality) on every image; one progress bar over images.
 
-    ``None`` in ``model_dirs`` stands for the model shipped with ckbd.
+    ``models`` are exported model directories or checkpoint files; ``None`` is the shipped model.
     """
     from ckbd.runtime.imageio import read_image
 
-    codecs = [(_model_label(d), *_open(d, threads)) for d in model_dirs]
+    codecs = [_open(m, threads) for m in models]
     per_model: list[list[ImageResult]] = [[] for _ in codecs]
     per_curve: dict[str, dict[int, list[ImageResult]]] = {f: {q: [] for q in qualities} for f in formats}
     with _progress(len(paths), "eval", progress) as bar:
         for path in paths:
             image = read_image(path)
-            for results, (_, encoder, decoder) in zip(per_model, codecs):
+            for results, (_, _, encoder, decoder) in zip(per_model, codecs):
                 data = encoder.encode(image)
                 results.append(measure(image, decoder.decode(data), len(data), str(path)))
             for fmt in formats:
@@ -119,21 +121,42 @@ def evaluate(paths: Sequence[Path], model_dirs: Sequence[Path | None], qualities
                     size, decoded = pillow_round_trip(image, fmt, q)
                     per_curve[fmt][q].append(measure(image, decoded, size, str(path)))
             bar.update(1)
-    models = [RDPoint.from_images(label, res) for (label, _, _), res in zip(codecs, per_model)]
+    points = [RDPoint.from_images(label, res, family) for (label, family, _, _), res in zip(codecs, per_model)]
     curves = {f: [RDPoint.from_images(str(q), per_curve[f][q]) for q in qualities] for f in formats}
-    report = RDReport([str(p) for p in paths], models, curves)
-    report.comparisons = compare(models, curves)
+    report = RDReport([str(p) for p in paths], points, curves)
+    report.comparisons = compare(points, curves)
     return report
 
 
-def _open(model_dir: Path | None, threads: int) -> tuple[Any, Any]:
+def _open(model: Path | None, threads: int) -> tuple[str, str, Any, Any]:
+    """(label, architecture, encoder, decoder): an exported model directory runs on ONNX Runtime; a checkpoint
+    file runs on torch, through the baselines' reference codecs for ``mbt2018``/``mbt2018-mean``
+    (they have no exported graphs), so the checkerboard's RD cost can be measured against them."""
     from ckbd.runtime.codec import Decoder, Encoder
 
-    return Encoder.open(model_dir, threads=threads), Decoder.open(model_dir, threads=threads)
+    if model is not None and Path(model).is_file():
+        return _open_checkpoint(Path(model), threads)
+    label = "ckbd (default)" if model is None else f"ckbd {Path(model).name}"
+    encoder = Encoder.open(model, threads=threads)
+    return label, encoder.manifest.arch, encoder, Decoder.open(model, threads=threads)
 
 
-def _model_label(model_dir: Path | None) -> str:
-    return "ckbd (default)" if model_dir is None else f"ckbd {Path(model_dir).name}"
+def _open_checkpoint(path: Path, threads: int) -> tuple[str, str, Any, Any]:
+    torch = require("torch", "export", "Evaluating a checkpoint")
+    from ckbd.baselines import CODECS, baseline_codec
+    from ckbd.export.torch_backend import open_reference
+    from ckbd.models.checkpoint import load_model
+    from ckbd.runtime.codec import Decoder, Encoder
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = load_model(path)
+    arch = model.config.arch
+    label = f"{arch} {path.name} (torch)"
+    if arch in CODECS:
+        codec = baseline_codec(model)
+        return label, arch, codec, codec
+    return label, arch, open_reference(Encoder, model), open_reference(Decoder, model)
 
 
 # -- comparing ------------------------------------------------------------------------------
@@ -159,18 +182,25 @@ def compare(models: Sequence[RDPoint], curves: dict[str, list[RDPoint]]) -> dict
                 row[f"{fmt}_{metric}"] = ref
                 row[f"delta_{metric}_vs_{fmt}"] = None if ref is None else getattr(model, metric) - ref
         out["at_equal_bpp"].append(row)
-    if len(models) >= MIN_POINTS:
-        for fmt, curve in curves.items():
-            try:
-                out["bd_rate_psnr_pct"][fmt] = bd_rate([p.bpp for p in curve], [p.psnr for p in curve],
-                                                       [m.bpp for m in models], [m.psnr for m in models])
-            except ValueError as exc:  # e.g. the curves do not overlap in PSNR
-                out["bd_rate_psnr_pct"][fmt] = None
-                out.setdefault("notes", []).append(f"BD-rate vs {fmt}: {exc}")
-    else:
-        out["notes"] = [f"BD-rate needs >= {MIN_POINTS} ckbd models (RD points); got {len(models)}: "
-                        "see the PSNR at equal bpp instead"]
+    families: dict[str, list[RDPoint]] = {}
+    for model in models:
+        families.setdefault(model.family, []).append(model)
+    for family, points in families.items():
+        if len(points) < MIN_POINTS:
+            out.setdefault("notes", []).append(
+                f"BD-rate needs >= {MIN_POINTS} RD points of one architecture; {family or 'models'} has "
+                f"{len(points)}: see the PSNR at equal bpp instead")
+            continue
+        out["bd_rate_psnr_pct"][family] = {fmt: _bd_rate(curve, points, out) for fmt, curve in curves.items()}
     return out
+
+
+def _bd_rate(curve: Sequence[RDPoint], points: Sequence[RDPoint], out: dict[str, Any]) -> float | None:
+    try:
+        return bd_rate([p.bpp for p in curve], [p.psnr for p in curve], [m.bpp for m in points], [m.psnr for m in points])
+    except ValueError as exc:  # e.g. the curves do not overlap in PSNR
+        out.setdefault("notes", []).append(f"BD-rate of {points[0].family or 'models'}: {exc}")
+        return None
 
 
 # -- reporting ------------------------------------------------------------------------------
@@ -195,9 +225,9 @@ def format_table(report: RDReport) -> str:
         deltas = {fmt: row.get(f"delta_psnr_vs_{fmt}") for fmt in report.curves}
         parts = [f"{fmt}: " + ("n/a (bpp outside the curve)" if d is None else f"{d:+.2f} dB") for fmt, d in deltas.items()]
         lines.append(f"  {row['label']} @ {row['bpp']:.4f} bpp: " + ", ".join(parts))
-    bd = report.comparisons.get("bd_rate_psnr_pct") or {}
-    for fmt, value in bd.items():
-        lines.append(f"BD-rate (PSNR) vs {fmt}: {_fmt(value, '.2f', True)} %")
+    for family, per_format in (report.comparisons.get("bd_rate_psnr_pct") or {}).items():
+        for fmt, value in per_format.items():
+            lines.append(f"BD-rate (PSNR) of {family or 'the models'} vs {fmt}: {_fmt(value, '.2f', True)} %")
     lines += [f"note: {n}" for n in report.comparisons.get("notes", [])]
     return "\n".join(lines)
 

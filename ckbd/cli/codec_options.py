@@ -23,12 +23,9 @@ def open_codec(cls: type[C], model: Path | None, backend: str, threads: int = 0,
     if backend == "torch":
         if model is None:
             raise CkbdError("--backend torch needs --model CHECKPOINT")
-        from ckbd.export.torch_backend import reference_package
-        from ckbd.runtime.model import CodecModel
+        from ckbd.export.torch_backend import open_reference
 
-        manifest, y_tables, z_tables, torch_backend = reference_package(model)
-        runners = {stage: torch_backend.load(model, stage) for stage in cls.STAGES}  # type: ignore[attr-defined]
-        return cls(CodecModel.from_parts(manifest, y_tables, z_tables, runners, "torch"))  # type: ignore[call-arg]
+        return open_reference(cls, model)
     options: dict[str, object] = {"precision": precision}
     if backend == "onnxruntime":
         options["threads"] = threads

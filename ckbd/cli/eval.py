@@ -27,7 +27,8 @@ def _qualities(text: str) -> list[int]:
 def eval_command(
     images: list[Path] = typer.Argument(None, help="Images or folders (default: ../shared/data/kodak)."),
     models: list[Path] = typer.Option(None, "--model", "-m",
-                                      help="Exported model directory; repeat for an RD curve (default: the shipped model)."),
+                                      help="Exported model directory, or a checkpoint (torch; also the mbt2018/mbt2018-mean "
+                                           "baselines); repeat for an RD curve (default: the shipped model)."),
     json_path: Path = typer.Option(None, "--json", help="Write per-image and averaged results here."),
     plot: Path = typer.Option(None, "--plot", help="RD plot, PSNR vs bpp with the JPEG/WebP curves (PNG/SVG/PDF)."),
     qualities: str = typer.Option("5,10,20,30,40,50,60,70,80,90,95", "--qualities",
@@ -37,7 +38,7 @@ def eval_command(
     """bpp (from the actual bytes), PSNR and MS-SSIM of each model, compared with JPEG and WebP.
 
     One model gives one RD point: it is compared at equal bpp (Pillow curves interpolated). With
-    four or more --model directories the BD-rate (PSNR) against each Pillow curve is added.
+    four or more models of one architecture the BD-rate (PSNR) against each Pillow curve is added.
     """
     from ckbd.cli.batch import expand_inputs
     from ckbd.cli.options import default_kodak_dir
@@ -46,8 +47,7 @@ def eval_command(
     from ckbd.tools.rd_eval import evaluate, format_table, rd_plot_curves
 
     paths = expand_inputs(images or [default_kodak_dir()], IMAGE_SUFFIXES)
-    model_dirs: list[Path | None] = list(models) if models else [None]
-    report = evaluate(paths, model_dirs, _qualities(qualities), threads=threads)
+    report = evaluate(paths, list(models) if models else [None], _qualities(qualities), threads=threads)
     typer.echo(format_table(report))
     if json_path is not None:
         atomic_write_bytes(json_path, (json.dumps(report.to_dict(), indent=2) + "\n").encode())
