@@ -31,6 +31,8 @@ def ste_round(x: Tensor) -> Tensor:
 class EntropyBottleneck(nn.Module):
     """Non-parametric factorized density per channel (Ballé et al. 2018, appendix 6.1)."""
 
+    target: Tensor
+
     def __init__(self, channels: int, filters: tuple[int, ...] = (3, 3, 3), init_scale: float = 10.0,
                  tail_mass: float = 1e-9) -> None:
         super().__init__()

@@ -70,6 +70,8 @@ def subpel_conv3x3(in_ch: int, out_ch: int, r: int = 2) -> nn.Sequential:
 class MaskedConv2d(nn.Conv2d):
     """A convolution whose kernel is multiplied by a fixed 0/1 mask (kept as a buffer)."""
 
+    mask: Tensor
+
     def __init__(self, *args, mask: Tensor, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
         self.register_buffer("mask", mask.expand_as(self.weight).clone(), persistent=False)
