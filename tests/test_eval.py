@@ -127,6 +127,15 @@ def test_eval_bd_rate_with_four_models_of_one_architecture(tmp_path: Path) -> No
     assert compare(models[:1], {"jpeg": curve})["bd_rate_psnr_pct"] == {}
 
 
+def test_rd_plot_has_one_curve_per_architecture() -> None:
+    from ckbd.tools.rd_eval import RDPoint, RDReport, rd_plot_curves
+
+    models = [RDPoint("a", 0.5, 30.0, 0.9, family="mbt2018-ckbd"), RDPoint("b", 0.8, 32.0, 0.9, family="mbt2018-ckbd"),
+              RDPoint("s", 0.5, 30.2, 0.9, family="mbt2018")]
+    curves = rd_plot_curves(RDReport([], models, {"jpeg": [RDPoint("50", 1.0, 31.0, 0.9)]}))
+    assert curves == {"JPEG (Pillow)": [(1.0, 31.0)], "mbt2018-ckbd": [(0.5, 30.0), (0.8, 32.0)], "mbt2018": [(0.5, 30.2)]}
+
+
 def test_eval_measures_checkpoints_baselines_included(tmp_path: Path) -> None:
     """A serial-context checkpoint (no exported graphs) and a checkerboard one run on torch, so the
     checkerboard's RD cost against the serial baseline is measured by the same command."""

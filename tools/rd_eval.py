@@ -233,10 +233,10 @@ def format_table(report: RDReport) -> str:
 
 
 def rd_plot_curves(report: RDReport, metric: str = "psnr") -> dict[str, list[tuple[float, float]]]:
-    """{label: [(bpp, metric)]} for :func:`ckbd.tools.plots.rd_curves`; ckbd models form one curve."""
+    """{label: [(bpp, metric)]} for :func:`ckbd.tools.plots.rd_curves`; one curve per architecture."""
     names = {"jpeg": "JPEG (Pillow)", "webp": "WebP (Pillow)"}
     curves = {names.get(fmt, fmt): [(p.bpp, getattr(p, metric)) for p in pts] for fmt, pts in report.curves.items()}
-    if report.models:
-        curves["ckbd"] = [(m.bpp, getattr(m, metric)) for m in report.models]
+    for m in report.models:
+        curves.setdefault(m.family or "ckbd", []).append((m.bpp, getattr(m, metric)))
     return curves
 
