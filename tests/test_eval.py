@@ -169,9 +169,19 @@ def test_bench_codecs_help() -> None:
 
 def test_tiny_benchmark_writes_json_and_markdown(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    out, md = tmp_path / "bench.json", tmp_path / "RESULTS.md"
+    from ckbd.tools.rd_eval import RDPoint, RDReport, compare
+
+    out, md, plots = tmp_path / "bench.json", tmp_path / "RESULTS.md", tmp_path / "plots"
+    curves = {"jpeg": [RDPoint("50", 1.0, 31.0, 0.9), RDPoint("90", 2.0, 36.0, 0.95)]}
+    evals = []
+    for name, family in (("eval_serial", "mbt2018"), ("eval_default", "mbt2018-ckbd")):
+        report = RDReport([], [RDPoint(f"{family} model", 1.5, 33.0, 0.93, family=family)], curves)
+        report.comparisons = compare(report.models, curves)
+        (tmp_path / f"{name}.json").write_text(json.dumps(report.to_dict()))
+        evals += ["--eval-json", str(tmp_path / f"{name}.json")]
     args = ["bench", "codecs", "--images", str(IMAGES[0]), "--arch-size", "16,24", "--threads", "1",
-            "--json", str(out), "--markdown", str(md), "--coder-symbols", "2000", "--no-compressai"]
+            "--json", str(out), "--markdown", str(md), "--plots", str(plots), "--coder-symbols", "2000",
+            "--no-compressai", *evals]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
@@ -189,3 +199,5 @@ def test_tiny_benchmark_writes_json_and_markdown(tmp_path: Path) -> None:
     assert report["coder"]["n_symbols"] == 2000
     text = md.read_text()
     assert "## Decoding latency per stage" in text and "context_decode" in text and "randomly initialised" in text
+    assert "### eval_serial" in text and "### eval_default" in text and "mbt2018-ckbd model at 1.5000 bpp" in text
+    assert {p.name for p in plots.iterdir()} == {"decode_stages.png", "encode_stages.png", "rd_psnr.png"}

@@ -634,7 +634,7 @@ def _stage_table(codecs: dict[str, dict[str, Any]], which: str) -> list[str]:
     return lines
 
 
-def format_markdown(report: dict[str, Any], rd: dict[str, Any] | None = None) -> str:
+def format_markdown(report: dict[str, Any], rds: dict[str, dict[str, Any]] | None = None) -> str:
     cfg, mach = report["config"], report["machine"]
     ours = {k: v for k, v in report["codecs"].items() if v["group"] == "ckbd"}
     theirs = {k: v for k, v in report["codecs"].items() if v["group"] == "compressai"}
@@ -675,8 +675,10 @@ def format_markdown(report: dict[str, Any], rd: dict[str, Any] | None = None) ->
         lines += ["## Entropy coder (one core, synthetic Gaussian latents)", "",
                   f"- {coder['n_symbols']:,} symbols: encode {coder['encode_msym_s']:.1f} M symbols/s, "
                   f"decode {coder['decode_msym_s']:.1f} M symbols/s, rate overhead {coder['overhead_pct']:.3f} %", ""]
-    if rd:
-        lines += ["## Rate-distortion (from `ckbd eval`)", "", *_rd_lines(rd), ""]
+    if rds:
+        lines += ["## Rate-distortion (from `ckbd eval`)", ""]
+        for name, rd in rds.items():
+            lines += [f"### {name}", "", *_rd_lines(rd), ""]
     lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"] if not n.startswith("CompressAI")] + [""]
     return "\n".join(lines)
 
@@ -705,8 +707,9 @@ def _rd_lines(rd: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_plots(report: dict[str, Any], out_dir: Path, rd: dict[str, Any] | None = None) -> list[Path]:
-    """Stage bars for decode and encode (ckbd and baselines), and the RD plot when given."""
+def write_plots(report: dict[str, Any], out_dir: Path, rds: dict[str, dict[str, Any]] | None = None) -> list[Path]:
+    """Stage bars for decode and encode (ckbd and baselines), and one RD plot of every evaluated model
+    (the Pillow curves of the first evaluation: all are meant to be on the same images)."""
     from ckbd.tools.plots import rd_curves, stage_bars
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -719,14 +722,15 @@ def write_plots(report: dict[str, Any], out_dir: Path, rd: dict[str, Any] | None
         cfg = report["config"]
         stage_bars(rows, stages, path, f"{which} latency per stage, N={cfg['N']} M={cfg['M']}, {cfg['threads']} threads")
         written.append(path)
-    if rd:
+    if rds:
         from ckbd.tools.rd_eval import RDPoint, RDReport, rd_plot_curves
 
         def point(p: dict[str, Any]) -> RDPoint:
-            return RDPoint(p["label"], p["bpp"], p["psnr"], p["ms_ssim"])
+            return RDPoint(p["label"], p["bpp"], p["psnr"], p["ms_ssim"], family=p.get("family", ""))
 
-        rd_report = RDReport(rd.get("images", []), [point(m) for m in rd.get("models", [])],
-                             {f: [point(p) for p in pts] for f, pts in rd.get("curves", {}).items()})
+        first = next(iter(rds.values()))
+        rd_report = RDReport(first.get("images", []), [point(m) for rd in rds.values() for m in rd.get("models", [])],
+                             {f: [point(p) for p in pts] for f, pts in first.get("curves", {}).items()})
         path = out_dir / "rd_psnr.png"
         rd_curves(rd_plot_curves(rd_report), path)
         written.append(path)

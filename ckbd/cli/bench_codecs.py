@@ -35,7 +35,8 @@ def codecs_command(
     arch_size: str = typer.Option("192,320", "--arch-size", help="N,M of every model (the paper's high-rate size)."),
     threads: int = typer.Option(2, "--threads", min=1, help="Intra-op threads for torch and ONNX Runtime."),
     repeat: int = typer.Option(1, "--repeat", "-r", min=1, help="Timed runs per image and codec (after a warm-up)."),
-    eval_json: Path = typer.Option(None, "--eval-json", help="`ckbd eval --json` output to add RD results and plot."),
+    eval_json: list[Path] = typer.Option(None, "--eval-json",
+                                         help="`ckbd eval --json` output to add RD results and plot (repeatable)."),
     compressai: bool = typer.Option(True, "--compressai/--no-compressai",
                                     help="Also time the same weights through CompressAI when it can be imported."),
     coder_symbols: int = typer.Option(500_000, "--coder-symbols", min=0,
@@ -56,8 +57,8 @@ def codecs_command(
                          repeat=repeat, seed=seed, compressai=compressai, coder_symbols=coder_symbols,
                          notes=list(notes or []))
     report = run_benchmark(config)
-    rd = json.loads(eval_json.read_text()) if eval_json is not None else None
-    text = format_markdown(report, rd)
+    rds = {path.stem: json.loads(path.read_text()) for path in eval_json or []}
+    text = format_markdown(report, rds)
     typer.echo(text)
     if json_path is not None:
         atomic_write_bytes(json_path, (json.dumps(report, indent=2) + "\n").encode())
@@ -66,7 +67,7 @@ def codecs_command(
         atomic_write_bytes(markdown, text.encode())
         typer.echo(f"wrote {markdown}")
     if plots is not None:
-        for path in write_plots(report, plots, rd):
+        for path in write_plots(report, plots, rds):
             typer.echo(f"wrote {path}")
 
 
