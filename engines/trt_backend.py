@@ -135,8 +135,8 @@ class TensorRTRunner:
         self._output_names = tuple(n for n in names if not is_input[n])
         self._dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
         self._buffers = {n: HostDeviceBuffer(session.api, n) for n in names}
-        self._inputs = tuple(self._spec(n) for n in self._input_names)
-        self._outputs = tuple(self._spec(n) for n in self._output_names)
+        self.inputs = tuple(self._spec(n) for n in self._input_names)
+        self.outputs = tuple(self._spec(n) for n in self._output_names)
 
     def _spec(self, name: str) -> TensorSpec:
         """The contract's symbolic spec with the engine's actual element type."""
@@ -145,14 +145,6 @@ class TensorRTRunner:
         if name in contract:
             shape = contract[name].shape
         return TensorSpec(name, self._dtypes[name].name, shape)
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
 
     @property
     def _ctx(self) -> trt.IExecutionContext:

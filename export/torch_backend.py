@@ -39,15 +39,7 @@ class TorchRunner:
     def __init__(self, stage: str, module: nn.Module) -> None:
         self.stage = stage
         self.module = module.eval()
-        self._inputs, self._outputs = STAGE_IO[stage]
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
+        self.inputs, self.outputs = STAGE_IO[stage]
 
     def _feed(self, feeds: Mapping[str, Tensor], spec: TensorSpec) -> torch.Tensor:
         if spec.name not in feeds:
@@ -57,11 +49,11 @@ class TorchRunner:
 
     def run(self, feeds: Mapping[str, Tensor], keep: Collection[str] = ()) -> dict[str, Tensor]:
         """Run the stage; ``keep`` is ignored (everything lives on the host)."""
-        args = [self._feed(feeds, spec) for spec in self._inputs]
+        args = [self._feed(feeds, spec) for spec in self.inputs]
         with torch.inference_mode():
             result = self.module(*args)
         results = result if isinstance(result, tuple) else (result,)
-        return {spec.name: out.numpy().copy() for spec, out in zip(self._outputs, results)}
+        return {spec.name: out.numpy().copy() for spec, out in zip(self.outputs, results)}
 
 
 class TorchBackend:

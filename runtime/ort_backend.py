@@ -28,17 +28,9 @@ class OrtRunner:
 
     def __init__(self, session: object) -> None:
         self._session = session
-        self._inputs = _specs(session.get_inputs())  # type: ignore[attr-defined]
-        self._outputs = _specs(session.get_outputs())  # type: ignore[attr-defined]
-        self._names = [o.name for o in self._outputs]
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
+        self.inputs = _specs(session.get_inputs())  # type: ignore[attr-defined]
+        self.outputs = _specs(session.get_outputs())  # type: ignore[attr-defined]
+        self._names = [o.name for o in self.outputs]
 
     def run(self, feeds: Mapping[str, Tensor], keep: Collection[str] = ()) -> dict[str, Tensor]:
         host = {name: np.ascontiguousarray(to_host(value)) for name, value in feeds.items()}
