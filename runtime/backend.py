@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import Protocol, Union, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -27,7 +27,7 @@ class DeviceTensor(Protocol):
     def to_host(self) -> np.ndarray: ...
 
 
-Tensor = Union[np.ndarray, DeviceTensor]
+Tensor = np.ndarray | DeviceTensor
 
 
 def to_host(tensor: Tensor) -> np.ndarray:

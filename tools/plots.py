@@ -28,7 +28,7 @@ def stage_bars(rows: dict[str, dict[str, float]], stages: tuple[str, ...], path:
     palette = plt.get_cmap("tab20").colors
     colour = {stage: palette[i % len(palette)] for i, stage in enumerate(stages)}
     labelled: set[str] = set()
-    for y, (label, times) in enumerate(rows.items()):
+    for y, times in enumerate(rows.values()):
         left = 0.0
         for stage, ms in times.items():
             if stage not in colour or ms <= 0:
