@@ -91,6 +91,11 @@ static PyObject *move(PyObject *args, int to_grouped) {
     int32_t *to = dst.buf;
     Py_BEGIN_ALLOW_THREADS
     memcpy(cursor, start, (size_t)tables * sizeof(Py_ssize_t));
+    /* Runs must tile [0, n) in order, so that every cursor stays inside the buffers. */
+    ok = start[0] == 0;
+    for (Py_ssize_t k = 0; k < tables && ok; k++) {
+        ok = start[k] <= start[k + 1];
+    }
     for (Py_ssize_t i = 0; i < n && ok; i++) {
         const uint32_t k = key[i];
         /* A run may not cross into the next: guards against indexes that do not match starts. */

@@ -45,6 +45,8 @@ _HEADER_SIZE = 2 * (_MAX_EXP + 1)
 _CHUNK = 12  # mantissa bits per uniform symbol (constriction's uniform sizes must be < 2**24)
 _MODEL_PRECISION = 24  # constriction's default categorical models use 24-bit probabilities
 _ESCAPED = np.iinfo(np.int32).min  # marks escapes while decoding: no value is that far out
+
+
 def _categorical(freqs: np.ndarray, precision: int) -> constriction.stream.model.Categorical:
     """A constriction model whose fixed-point pmf is exactly ``freqs * 2**(24 - precision)``.
 

@@ -96,6 +96,8 @@ def test_compiled_helper_refuses_misuse() -> None:
     wrong_starts = np.array([0, 2, 3, 4], np.intp)  # indexes hold two 2s, starts room for one
     with pytest.raises(ValueError, match="run starts"):
         compiled.merge(idx, wrong_starts, values, out)
+    with pytest.raises(ValueError, match="run starts"):  # runs that do not tile [0, n) in order
+        compiled.merge(idx, np.array([-2, 1, 2, 4], np.intp), values, out)
     with pytest.raises(ValueError, match="sizes"):
         compiled.split(idx, np.array([0, 1, 2, 4], np.intp), values, out[:3])
     with pytest.raises(ValueError, match="sizes"):
