@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,9 @@ from ckbd.models.registry import build_model
 from ckbd.runtime.imageio import IMAGE_SUFFIXES, read_image
 
 
+DEFAULT_LR = 1e-4
+
+
 @dataclass
 class TrainConfig:
     arch: str = "mbt2018-ckbd"
@@ -32,7 +35,7 @@ class TrainConfig:
     steps: int = 1000
     batch: int = 8
     crop: int = 192
-    lr: float = 1e-4
+    lr: float | None = None  # None: DEFAULT_LR for a new run, the checkpoint's rate for a resumed one
     aux_lr: float = 1e-3
     ste_from: float = 0.8  # fraction of steps after which synthesis sees STE-rounded latents
     checkpoint_every: int = 200
@@ -98,7 +101,7 @@ class Trainer:
     """Owns the model, both optimisers and the step counter; checkpoints can resume all three."""
 
     def __init__(self, config: TrainConfig, model: HyperpriorModel | None = None) -> None:
-        self.config = config
+        self.config = replace(config, lr=DEFAULT_LR if config.lr is None else config.lr)
         torch.manual_seed(config.seed)
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
@@ -106,7 +109,7 @@ class Trainer:
         self.model = (model or build_model(ModelConfig(config.arch, config.N, config.M))).to(self.device)
         main = [p for n, p in self.model.named_parameters() if not n.endswith("quantiles")]
         aux = [p for n, p in self.model.named_parameters() if n.endswith("quantiles")]
-        self.optimizer = torch.optim.Adam(main, lr=config.lr)
+        self.optimizer = torch.optim.Adam(main, lr=self.config.lr)
         self.aux_optimizer = torch.optim.Adam(aux, lr=config.aux_lr)
         self.step = 0
         self.elapsed_s = 0.0
@@ -135,9 +138,19 @@ class Trainer:
             "aux_optimizer": self.aux_optimizer.state_dict(),
         })
 
+    def _set_lr(self, lr: float | None) -> None:
+        groups = self.optimizer.param_groups
+        for group in groups:
+            group["lr"] = group["lr"] if lr is None else lr
+        self.config = replace(self.config, lr=float(groups[0]["lr"]))
+
     @classmethod
     def resume(cls, path: Path, config: TrainConfig) -> Trainer:
-        """Continue from a ckbd checkpoint; architecture comes from the file, the schedule from ``config``."""
+        """Continue from a ckbd checkpoint; architecture comes from the file, the schedule from ``config``.
+
+        The optimiser keeps its saved learning rate unless ``config.lr`` is set: resuming with a
+        smaller rate is how a run is annealed for its last steps.
+        """
         raw = read_checkpoint_file(path)
         if not is_ckbd_checkpoint(raw):
             raise CkbdError(f"{path} is not a ckbd checkpoint; only those can be resumed")
@@ -148,6 +161,7 @@ class Trainer:
         if "optimizer" in state:
             trainer.optimizer.load_state_dict(state["optimizer"])
             trainer.aux_optimizer.load_state_dict(state["aux_optimizer"])
+            trainer._set_lr(config.lr)
         trainer.step = int(state.get("step", 0))
         trainer.elapsed_s = float(state.get("elapsed_s", 0.0))
         return trainer

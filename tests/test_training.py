@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 
 from ckbd.errors import CkbdError  # noqa: E402
 from ckbd.models.checkpoint import is_ckbd_checkpoint, load_model, read_checkpoint_file  # noqa: E402
-from ckbd.training import CropSampler, TrainConfig, Trainer, rd_loss, train  # noqa: E402
+from ckbd.training import DEFAULT_LR, CropSampler, TrainConfig, Trainer, rd_loss, train  # noqa: E402
 
 
 def tiny_config(**overrides) -> TrainConfig:
@@ -68,6 +68,24 @@ def test_checkpoint_then_resume_continues_the_step_count(image_folder, tmp_path)
 
     again = train(tiny_config(steps=5), image_folder, out, resume=True, progress=False)
     assert again.step == 5  # already done: nothing more to train
+
+
+def test_resume_keeps_the_saved_learning_rate_unless_one_is_given(image_folder, tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "run.pt"
+    train(tiny_config(steps=1, lr=2e-3), image_folder, out, progress=False)
+
+    kept = Trainer.resume(out, tiny_config(lr=None))
+    assert [g["lr"] for g in kept.optimizer.param_groups] == [2e-3] and kept.config.lr == 2e-3
+
+    annealed = train(tiny_config(steps=2, lr=2e-4), image_folder, out, resume=True, progress=False)
+    assert [g["lr"] for g in annealed.optimizer.param_groups] == [2e-4]
+    saved = read_checkpoint_file(out)["training"]
+    assert saved["config"]["lr"] == 2e-4 and saved["optimizer"]["param_groups"][0]["lr"] == 2e-4
+
+
+def test_a_new_run_without_a_rate_uses_the_default():
+    assert Trainer(tiny_config(lr=None)).config.lr == DEFAULT_LR
 
 
 def test_resume_takes_the_architecture_from_the_file(image_folder, tmp_path):

@@ -22,7 +22,8 @@ def train_command(
     crop: int = typer.Option(192, help="Crop side in pixels."),
     N: int = typer.Option(64, "--N", help="Transform channels."),
     M: int = typer.Option(96, "--M", help="Latent channels (cheng2020-ckbd uses M = N)."),
-    lr: float = typer.Option(1e-4, help="Learning rate of the main optimiser."),
+    lr: float | None = typer.Option(
+        None, help="Learning rate of the main optimiser (default 1e-4; a resumed run keeps its own unless set)."),
     ste_from: float = typer.Option(0.8, help="Fraction of steps after which synthesis sees rounded latents."),
     checkpoint_every: int = typer.Option(200, help="Checkpoint interval in steps."),
     threads: int = typer.Option(0, help="torch CPU threads (0: default)."),
