@@ -127,6 +127,22 @@ def test_eval_bd_rate_with_four_models_of_one_architecture(tmp_path: Path) -> No
     assert compare(models[:1], {"jpeg": curve})["bd_rate_psnr_pct"] == {}
 
 
+def test_bd_rate_between_architectures_with_four_points_each() -> None:
+    """The checkerboard's rate cost over the serial context is a BD-rate between the two families."""
+    from ckbd.tools.rd_eval import RDPoint, RDReport, compare, format_table
+
+    rd = [(0.3, 27.0), (0.6, 30.0), (1.0, 33.0), (2.0, 37.0)]
+    serial = [RDPoint(f"s{i}", b, p, 0.9, family="mbt2018") for i, (b, p) in enumerate(rd)]
+    ckbd = [RDPoint(f"c{i}", b * 1.05, p, 0.9, family="mbt2018-ckbd") for i, (b, p) in enumerate(rd)]
+    result = compare([*serial, *ckbd], {})
+    assert result["bd_rate_between_families_pct"] == {
+        "mbt2018 vs mbt2018-ckbd": pytest.approx(100 / 1.05 - 100, abs=1e-6),
+        "mbt2018-ckbd vs mbt2018": pytest.approx(5.0, abs=1e-6),
+    }
+    assert "BD-rate (PSNR) of mbt2018-ckbd vs mbt2018: +5.00 %" in format_table(RDReport([], [*serial, *ckbd], {}, result))
+    assert "bd_rate_between_families_pct" not in compare([*serial, *ckbd[:3]], {})
+
+
 def test_rd_plot_has_one_curve_per_architecture() -> None:
     from ckbd.tools.rd_eval import RDPoint, RDReport, rd_plot_curves
 

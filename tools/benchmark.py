@@ -692,6 +692,8 @@ def _sizes(report: dict[str, Any]) -> str:
 
 
 def _rd_lines(rd: dict[str, Any]) -> list[str]:
+    from ckbd.tools.rd_eval import family_bd_rate_lines
+
     lines = ["| codec | bpp | PSNR (dB) | MS-SSIM |", "|---|---:|---:|---:|"]
     for m in rd.get("models", []):
         lines.append(f"| {m['label']} | {m['bpp']:.4f} | {m['psnr']:.2f} | {m['ms_ssim']:.4f} |")
@@ -700,11 +702,7 @@ def _rd_lines(rd: dict[str, Any]) -> list[str]:
         deltas = [f"{k.split('_vs_')[1]} {row[k]:+.2f} dB" for k in row if k.startswith("delta_psnr_vs_") and row[k] is not None]
         if deltas:
             lines.append(f"\n{row['label']} at {row['bpp']:.4f} bpp vs Pillow: " + ", ".join(deltas))
-    for family, per_format in (comp.get("bd_rate_psnr_pct") or {}).items():
-        for fmt, value in per_format.items():
-            if value is not None:
-                lines.append(f"\nBD-rate (PSNR) of {family} vs {fmt}: {value:+.2f} %")
-    return lines
+    return lines + [f"\n{line}" for line in family_bd_rate_lines(comp) if not line.endswith("n/a %")]
 
 
 def write_plots(report: dict[str, Any], out_dir: Path, rds: dict[str, dict[str, Any]] | None = None) -> list[Path]:

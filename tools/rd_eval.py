@@ -192,15 +192,30 @@ def compare(models: Sequence[RDPoint], curves: dict[str, list[RDPoint]]) -> dict
                 f"{len(points)}: see the PSNR at equal bpp instead")
             continue
         out["bd_rate_psnr_pct"][family] = {fmt: _bd_rate(curve, points, out) for fmt, curve in curves.items()}
+    fitted = {f: pts for f, pts in families.items() if len(pts) >= MIN_POINTS}
+    between = {f"{test} vs {ref}": _bd_rate(fitted[ref], fitted[test], out)
+               for test in fitted for ref in fitted if test != ref}
+    if between:  # e.g. the checkerboard's rate cost over the serial context at equal PSNR
+        out["bd_rate_between_families_pct"] = between
     return out
 
 
-def _bd_rate(curve: Sequence[RDPoint], points: Sequence[RDPoint], out: dict[str, Any]) -> float | None:
+def _bd_rate(reference: Sequence[RDPoint], points: Sequence[RDPoint], out: dict[str, Any]) -> float | None:
     try:
-        return bd_rate([p.bpp for p in curve], [p.psnr for p in curve], [m.bpp for m in points], [m.psnr for m in points])
+        return bd_rate([p.bpp for p in reference], [p.psnr for p in reference],
+                       [m.bpp for m in points], [m.psnr for m in points])
     except ValueError as exc:  # e.g. the curves do not overlap in PSNR
         out.setdefault("notes", []).append(f"BD-rate of {points[0].family or 'models'}: {exc}")
         return None
+
+
+def family_bd_rate_lines(comparisons: dict[str, Any]) -> list[str]:
+    """One line per BD-rate, against the Pillow curves and between architectures."""
+    lines = [f"BD-rate (PSNR) of {family or 'the models'} vs {fmt}: {_fmt(value, '.2f', True)} %"
+             for family, per_format in (comparisons.get("bd_rate_psnr_pct") or {}).items()
+             for fmt, value in per_format.items()]
+    return lines + [f"BD-rate (PSNR) of {pair}: {_fmt(value, '.2f', True)} %"
+                    for pair, value in (comparisons.get("bd_rate_between_families_pct") or {}).items()]
 
 
 # -- reporting ------------------------------------------------------------------------------
@@ -225,9 +240,7 @@ def format_table(report: RDReport) -> str:
         deltas = {fmt: row.get(f"delta_psnr_vs_{fmt}") for fmt in report.curves}
         parts = [f"{fmt}: " + ("n/a (bpp outside the curve)" if d is None else f"{d:+.2f} dB") for fmt, d in deltas.items()]
         lines.append(f"  {row['label']} @ {row['bpp']:.4f} bpp: " + ", ".join(parts))
-    for family, per_format in (report.comparisons.get("bd_rate_psnr_pct") or {}).items():
-        for fmt, value in per_format.items():
-            lines.append(f"BD-rate (PSNR) of {family or 'the models'} vs {fmt}: {_fmt(value, '.2f', True)} %")
+    lines += family_bd_rate_lines(report.comparisons)
     lines += [f"note: {n}" for n in report.comparisons.get("notes", [])]
     return "\n".join(lines)
 
