@@ -22,7 +22,6 @@ from ckbd.models.config import ModelConfig
 from ckbd.models.registry import build_model
 from ckbd.runtime.imageio import IMAGE_SUFFIXES, read_image
 
-
 DEFAULT_LR = 1e-4
 
 

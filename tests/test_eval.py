@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ckbd.cli.main import app
+from ckbd.errors import CkbdError
 from ckbd.runtime.imageio import read_image
 from ckbd.tools.bdrate import bd_psnr, bd_rate
 from ckbd.tools.metrics import ms_ssim, ms_ssim_scales, psnr
@@ -217,3 +218,24 @@ def test_tiny_benchmark_writes_json_and_markdown(tmp_path: Path) -> None:
     assert "## Decoding latency per stage" in text and "context_decode" in text and "randomly initialised" in text
     assert "### eval_serial" in text and "### eval_default" in text and "mbt2018-ckbd model at 1.5000 bpp" in text
     assert {p.name for p in plots.iterdir()} == {"decode_stages.png", "encode_stages.png", "rd_psnr.png"}
+
+    # Re-rendered from the JSON with one more RD result: the timings are the measured ones, untouched.
+    (tmp_path / "eval_context.json").write_text((tmp_path / "eval_serial.json").read_text())
+    md2 = tmp_path / "RESULTS2.md"
+    render = ["bench", "codecs", "--from-json", str(out), "--markdown", str(md2), *evals,
+              "--eval-json", str(tmp_path / "eval_context.json")]
+    result = runner.invoke(app, render)
+    assert result.exit_code == 0, result.output
+    assert md2.read_text().split("### eval_serial")[0] == text.split("### eval_serial")[0]
+    assert "### eval_context" in md2.read_text()
+
+
+def test_bench_codecs_refuses_what_is_not_a_report(tmp_path: Path) -> None:
+    (tmp_path / "bad.json").write_text('{"models": []}')
+    (tmp_path / "broken.json").write_text('{"config": ')
+    for path in ("bad.json", "broken.json", "missing.json"):
+        result = runner.invoke(app, ["bench", "codecs", "--from-json", str(tmp_path / path)])
+        assert isinstance(result.exception, CkbdError) and "bench codecs --json" in str(result.exception)
+    result = runner.invoke(app, ["bench", "codecs", "--from-json", str(tmp_path / "bad.json"),
+                                 "--eval-json", str(tmp_path / "broken.json")])
+    assert isinstance(result.exception, CkbdError) and "ckbd eval --json" in str(result.exception)

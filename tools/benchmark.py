@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ckbd.errors import require
+from ckbd.errors import CkbdError, require
 from ckbd.runtime.profiling import (
     DECODE_STAGES,
     ENCODE_STAGES,
@@ -743,6 +743,29 @@ def default_images(images: Path | None, count: int | None) -> list[Path]:
 
     paths = expand_inputs([images if images is not None else default_kodak_dir()], IMAGE_SUFFIXES)
     return paths[:count] if count else paths
+
+
+def _read_json(path: Path, what: str, keys: set[str]) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CkbdError(f"cannot read {what} {path}: {exc}") from None
+    missing = keys - set(data) if isinstance(data, dict) else keys
+    if missing:
+        raise CkbdError(f"{path} is not {what} (missing {', '.join(sorted(missing))})")
+    return data
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    """A ``--json`` written by an earlier run, to re-render without timing anything again."""
+    return _read_json(path, "a `ckbd bench codecs --json` report", {"config", "machine", "codecs", "ratios", "notes"})
+
+
+def read_rd(path: Path) -> dict[str, Any]:
+    """A ``ckbd eval --json`` result."""
+    return _read_json(path, "a `ckbd eval --json` result", {"models", "curves"})
 
 
 if __name__ == "__main__":

@@ -43,6 +43,9 @@ def codecs_command(
                                       help="Symbols for the entropy coder benchmark (0: skip)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
     notes: list[str] = typer.Option(None, "--note", help="A caveat to print with the results (repeatable)."),
+    from_json: Path = typer.Option(None, "--from-json",
+                                   help="Time nothing: re-render the table and plots from an earlier --json "
+                                        "(e.g. with new --eval-json results)."),
 ) -> None:
     """Decode/encode latency per stage: ckbd (ONNX Runtime, torch), serial mbt2018, mbt2018-mean.
 
@@ -50,14 +53,25 @@ def codecs_command(
     all codecs share the size, the threads, the images and the entropy coder.
     """
     from ckbd.runtime.atomic import atomic_write_bytes
-    from ckbd.tools.benchmark import BenchConfig, default_images, format_markdown, run_benchmark, write_plots
+    from ckbd.tools.benchmark import (
+        BenchConfig,
+        default_images,
+        format_markdown,
+        read_rd,
+        read_report,
+        run_benchmark,
+        write_plots,
+    )
 
-    n, m = _arch_size(arch_size)
-    config = BenchConfig(images=default_images(images, count), N=n, M=m, model_dir=model, threads=threads,
-                         repeat=repeat, seed=seed, compressai=compressai, coder_symbols=coder_symbols,
-                         notes=list(notes or []))
-    report = run_benchmark(config)
-    rds = {path.stem: json.loads(path.read_text()) for path in eval_json or []}
+    rds = {path.stem: read_rd(path) for path in eval_json or []}
+    if from_json is not None:
+        report = read_report(from_json)
+    else:
+        n, m = _arch_size(arch_size)
+        config = BenchConfig(images=default_images(images, count), N=n, M=m, model_dir=model, threads=threads,
+                             repeat=repeat, seed=seed, compressai=compressai, coder_symbols=coder_symbols,
+                             notes=list(notes or []))
+        report = run_benchmark(config)
     text = format_markdown(report, rds)
     typer.echo(text)
     if json_path is not None:
