@@ -100,7 +100,8 @@ class Trainer:
     """Owns the model, both optimisers and the step counter; checkpoints can resume all three."""
 
     def __init__(self, config: TrainConfig, model: HyperpriorModel | None = None) -> None:
-        self.config = replace(config, lr=DEFAULT_LR if config.lr is None else config.lr)
+        lr = DEFAULT_LR if config.lr is None else config.lr
+        self.config = replace(config, lr=lr)
         torch.manual_seed(config.seed)
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
@@ -108,7 +109,7 @@ class Trainer:
         self.model = (model or build_model(ModelConfig(config.arch, config.N, config.M))).to(self.device)
         main = [p for n, p in self.model.named_parameters() if not n.endswith("quantiles")]
         aux = [p for n, p in self.model.named_parameters() if n.endswith("quantiles")]
-        self.optimizer = torch.optim.Adam(main, lr=self.config.lr)
+        self.optimizer = torch.optim.Adam(main, lr=lr)
         self.aux_optimizer = torch.optim.Adam(aux, lr=config.aux_lr)
         self.step = 0
         self.elapsed_s = 0.0
