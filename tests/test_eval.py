@@ -153,6 +153,16 @@ def test_rd_plot_has_one_curve_per_architecture() -> None:
     assert curves == {"JPEG (Pillow)": [(1.0, 31.0)], "mbt2018-ckbd": [(0.5, 30.0), (0.8, 32.0)], "mbt2018": [(0.5, 30.2)]}
 
 
+def test_rd_plot_axes_fit_the_models_not_the_pillow_sweep() -> None:
+    from ckbd.tools.plots import _fitted_axes
+
+    models = [(0.4, 27.0), (0.6, 28.5)]
+    every = [*models, (0.25, 26.0), (0.85, 32.0), (3.3, 40.5)]  # the last is beyond the models' span
+    (x_lo, x_hi), (y_lo, y_hi) = _fitted_axes(models, every)
+    assert (x_lo, x_hi) == (0.0, pytest.approx(0.9))
+    assert y_lo < 26.0 < 32.0 < y_hi < 40.5
+
+
 def test_eval_measures_checkpoints_baselines_included(tmp_path: Path) -> None:
     """A serial-context checkpoint (no exported graphs) and a checkerboard one run on torch, so the
     checkerboard's RD cost against the serial baseline is measured by the same command."""

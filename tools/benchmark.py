@@ -708,7 +708,7 @@ def _rd_lines(rd: dict[str, Any]) -> list[str]:
 def write_plots(report: dict[str, Any], out_dir: Path, rds: dict[str, dict[str, Any]] | None = None) -> list[Path]:
     """Stage bars for decode and encode (ckbd and baselines), and one RD plot of every evaluated model
     (the Pillow curves of the first evaluation: all are meant to be on the same images)."""
-    from ckbd.tools.plots import rd_curves, stage_bars
+    from ckbd.tools.plots import stage_bars
 
     out_dir.mkdir(parents=True, exist_ok=True)
     ours = {k: v for k, v in report["codecs"].items() if v["group"] == "ckbd"}
@@ -721,7 +721,7 @@ def write_plots(report: dict[str, Any], out_dir: Path, rds: dict[str, dict[str, 
         stage_bars(rows, stages, path, f"{which} latency per stage, N={cfg['N']} M={cfg['M']}, {cfg['threads']} threads")
         written.append(path)
     if rds:
-        from ckbd.tools.rd_eval import RDPoint, RDReport, rd_plot_curves
+        from ckbd.tools.rd_eval import RDPoint, RDReport, plot_rd
 
         def point(p: dict[str, Any]) -> RDPoint:
             return RDPoint(p["label"], p["bpp"], p["psnr"], p["ms_ssim"], family=p.get("family", ""))
@@ -730,7 +730,7 @@ def write_plots(report: dict[str, Any], out_dir: Path, rds: dict[str, dict[str, 
         rd_report = RDReport(first.get("images", []), [point(m) for rd in rds.values() for m in rd.get("models", [])],
                              {f: [point(p) for p in pts] for f, pts in first.get("curves", {}).items()})
         path = out_dir / "rd_psnr.png"
-        rd_curves(rd_plot_curves(rd_report), path)
+        plot_rd(rd_report, path)
         written.append(path)
     return written
 

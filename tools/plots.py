@@ -5,6 +5,7 @@ matplotlib is an optional extra (``ckbd[plots]``); it is imported only when a pl
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from ckbd.errors import require
@@ -44,19 +45,39 @@ def stage_bars(rows: dict[str, dict[str, float]], stages: tuple[str, ...], path:
     _save(fig, path)
 
 
-def rd_curves(curves: dict[str, list[tuple[float, float]]], path: Path, ylabel: str = "PSNR (dB)") -> None:
-    """Rate-distortion curves: {label: [(bpp, quality), ...]}."""
+def rd_curves(curves: dict[str, list[tuple[float, float]]], path: Path, ylabel: str = "PSNR (dB)",
+              references: Collection[str] = ()) -> None:
+    """Rate-distortion curves: {label: [(bpp, quality), ...]}.
+
+    ``references`` (e.g. the Pillow sweeps, which run to 3 bpp) are dashed, and the axes are fitted to
+    the other curves so that models below 1 bpp are not squashed into a corner.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for label, points in curves.items():
         pts = sorted(points)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label,
+                linestyle="--" if label in references else "-", markersize=4 if label in references else 6)
+    focus = [p for label, pts in curves.items() if label not in references for p in pts]
+    if focus and len(focus) < sum(map(len, curves.values())):
+        x_lim, y_lim = _fitted_axes(focus, [p for pts in curves.values() for p in pts])
+        ax.set_xlim(*x_lim)
+        ax.set_ylim(*y_lim)
     ax.set_xlabel("bits per pixel")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
     _save(fig, path)
+
+
+def _fitted_axes(focus: list[tuple[float, float]], every: list[tuple[float, float]]
+                 ) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(x, y) limits: bpp from 0 to 1.5x the focus's largest, quality over every point in that span."""
+    x_hi = 1.5 * max(x for x, _ in focus)
+    ys = [y for x, y in every if x <= x_hi] + [y for _, y in focus]
+    pad = 0.05 * (max(ys) - min(ys) or 1.0)
+    return (0.0, x_hi), (min(ys) - pad, max(ys) + pad)
 
 
 def _save(fig, path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -29,6 +29,8 @@ from ckbd.errors import require
 from ckbd.tools.bdrate import MIN_POINTS, bd_rate
 from ckbd.tools.metrics import ms_ssim, psnr
 
+#: Plot labels of the Pillow curves (drawn as references: see :func:`ckbd.tools.plots.rd_curves`).
+PILLOW_LABELS = {"jpeg": "JPEG (Pillow)", "webp": "WebP (Pillow)"}
 DEFAULT_QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 #: Pillow save options: JPEG with its default 4:2:0 chroma subsampling and optimised Huffman
 #: tables, WebP lossy with Pillow's default effort (method 4).
@@ -247,9 +249,14 @@ def format_table(report: RDReport) -> str:
 
 def rd_plot_curves(report: RDReport, metric: str = "psnr") -> dict[str, list[tuple[float, float]]]:
     """{label: [(bpp, metric)]} for :func:`ckbd.tools.plots.rd_curves`; one curve per architecture."""
-    names = {"jpeg": "JPEG (Pillow)", "webp": "WebP (Pillow)"}
-    curves = {names.get(fmt, fmt): [(p.bpp, getattr(p, metric)) for p in pts] for fmt, pts in report.curves.items()}
+    curves = {PILLOW_LABELS.get(fmt, fmt): [(p.bpp, getattr(p, metric)) for p in pts] for fmt, pts in report.curves.items()}
     for m in report.models:
         curves.setdefault(m.family or "ckbd", []).append((m.bpp, getattr(m, metric)))
     return curves
 
+
+def plot_rd(report: RDReport, path: Path) -> None:
+    """The RD plot: one curve per architecture, the Pillow sweeps as dashed references."""
+    from ckbd.tools.plots import rd_curves
+
+    rd_curves(rd_plot_curves(report), path, references=tuple(PILLOW_LABELS.values()))

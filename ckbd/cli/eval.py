@@ -44,7 +44,7 @@ def eval_command(
     from ckbd.cli.options import default_kodak_dir
     from ckbd.runtime.atomic import atomic_write_bytes
     from ckbd.runtime.imageio import IMAGE_SUFFIXES
-    from ckbd.tools.rd_eval import evaluate, format_table, rd_plot_curves
+    from ckbd.tools.rd_eval import evaluate, format_table, plot_rd
 
     paths = expand_inputs(images or [default_kodak_dir()], IMAGE_SUFFIXES)
     report = evaluate(paths, list(models) if models else [None], _qualities(qualities), threads=threads)
@@ -53,7 +53,5 @@ def eval_command(
         atomic_write_bytes(json_path, (json.dumps(report.to_dict(), indent=2) + "\n").encode())
         typer.echo(f"wrote {json_path}")
     if plot is not None:
-        from ckbd.tools.plots import rd_curves
-
-        rd_curves(rd_plot_curves(report), plot)
+        plot_rd(report, plot)
         typer.echo(f"wrote {plot}")
