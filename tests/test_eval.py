@@ -240,6 +240,21 @@ def test_tiny_benchmark_writes_json_and_markdown(tmp_path: Path) -> None:
     assert "### eval_context" in md2.read_text()
 
 
+def test_bench_rd_plot_keeps_each_evaluation_its_own_curve() -> None:
+    from ckbd.tools.benchmark import combined_rd
+
+    def rd(*families: str) -> dict:
+        return {"images": ["a.png"], "models": [{"label": f, "bpp": 0.5, "psnr": 30.0, "ms_ssim": 0.9, "family": f}
+                                                for f in families],
+                "curves": {"jpeg": [{"label": "50", "bpp": 1.0, "psnr": 31.0, "ms_ssim": 0.9}]}}
+
+    one = combined_rd({"eval_default": rd("mbt2018-ckbd")})
+    assert [m.family for m in one.models] == ["mbt2018-ckbd"] and list(one.curves) == ["jpeg"]
+    two = combined_rd({"eval_lambda": rd("mbt2018-ckbd"), "eval_context": rd("mbt2018", "mbt2018-ckbd")})
+    assert [m.family for m in two.models] == ["mbt2018-ckbd (eval_lambda)", "mbt2018 (eval_context)",
+                                              "mbt2018-ckbd (eval_context)"]
+
+
 def test_bench_codecs_refuses_what_is_not_a_report(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text('{"models": []}')
     (tmp_path / "broken.json").write_text('{"config": ')

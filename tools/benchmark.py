@@ -707,8 +707,7 @@ def _rd_lines(rd: dict[str, Any]) -> list[str]:
 
 def write_plots(report: dict[str, Any], out_dir: Path, rds: dict[str, dict[str, Any]] | None = None) -> list[Path]:
     """Stage bars for decode and encode (ckbd and baselines), and one RD plot of every evaluated model
-    (the Pillow curves of the first evaluation: all are meant to be on the same images). With several
-    evaluations, each is its own curve per architecture: they are different experiments (budgets)."""
+    (see :func:`combined_rd`)."""
     from ckbd.tools.plots import stage_bars
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -722,21 +721,29 @@ def write_plots(report: dict[str, Any], out_dir: Path, rds: dict[str, dict[str, 
         stage_bars(rows, stages, path, f"{which} latency per stage, N={cfg['N']} M={cfg['M']}, {cfg['threads']} threads")
         written.append(path)
     if rds:
-        from ckbd.tools.rd_eval import RDPoint, RDReport, plot_rd
+        from ckbd.tools.rd_eval import plot_rd
 
-        def point(p: dict[str, Any], section: str = "") -> RDPoint:
-            family = p.get("family", "")
-            return RDPoint(p["label"], p["bpp"], p["psnr"], p["ms_ssim"],
-                           family=f"{family} ({section})" if section and len(rds) > 1 else family)
-
-        first = next(iter(rds.values()))
-        models = [point(m, name) for name, rd in rds.items() for m in rd.get("models", [])]
-        rd_report = RDReport(first.get("images", []), models,
-                             {f: [point(p) for p in pts] for f, pts in first.get("curves", {}).items()})
+        rd_report = combined_rd(rds)
         path = out_dir / "rd_psnr.png"
         plot_rd(rd_report, path)
         written.append(path)
     return written
+
+
+def combined_rd(rds: dict[str, dict[str, Any]]) -> Any:
+    """One RDReport of every evaluated model, the Pillow curves of the first evaluation. With several
+    evaluations each keeps its own curve per architecture: they are different experiments (budgets)."""
+    from ckbd.tools.rd_eval import RDPoint, RDReport
+
+    def point(p: dict[str, Any], section: str = "") -> RDPoint:
+        family = p.get("family", "")
+        return RDPoint(p["label"], p["bpp"], p["psnr"], p["ms_ssim"],
+                       family=f"{family} ({section})" if section and len(rds) > 1 else family)
+
+    first = next(iter(rds.values()))
+    models = [point(m, name) for name, rd in rds.items() for m in rd.get("models", [])]
+    return RDReport(first.get("images", []), models,
+                    {f: [point(p) for p in pts] for f, pts in first.get("curves", {}).items()})
 
 
 def default_images(images: Path | None, count: int | None) -> list[Path]:
