@@ -139,10 +139,10 @@ class Trainer:
         })
 
     def _set_lr(self, lr: float | None) -> None:
-        groups = self.optimizer.param_groups
-        for group in groups:
-            group["lr"] = group["lr"] if lr is None else lr
-        self.config = replace(self.config, lr=float(groups[0]["lr"]))
+        if lr is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+        self.config = replace(self.config, lr=float(self.optimizer.param_groups[0]["lr"]))
 
     @classmethod
     def resume(cls, path: Path, config: TrainConfig) -> Trainer:

@@ -702,7 +702,7 @@ def _rd_lines(rd: dict[str, Any]) -> list[str]:
         deltas = [f"{k.split('_vs_')[1]} {row[k]:+.2f} dB" for k in row if k.startswith("delta_psnr_vs_") and row[k] is not None]
         if deltas:
             lines.append(f"\n{row['label']} at {row['bpp']:.4f} bpp vs Pillow: " + ", ".join(deltas))
-    return lines + [f"\n{line}" for line in family_bd_rate_lines(comp) if not line.endswith("n/a %")]
+    return lines + [f"\n{line}" for line in family_bd_rate_lines(comp, skip_missing=True)]
 
 
 def write_plots(report: dict[str, Any], out_dir: Path, rds: dict[str, dict[str, Any]] | None = None) -> list[Path]:

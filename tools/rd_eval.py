@@ -211,13 +211,14 @@ def _bd_rate(reference: Sequence[RDPoint], points: Sequence[RDPoint], out: dict[
         return None
 
 
-def family_bd_rate_lines(comparisons: dict[str, Any]) -> list[str]:
+def family_bd_rate_lines(comparisons: dict[str, Any], skip_missing: bool = False) -> list[str]:
     """One line per BD-rate, against the Pillow curves and between architectures."""
-    lines = [f"BD-rate (PSNR) of {family or 'the models'} vs {fmt}: {_fmt(value, '.2f', True)} %"
-             for family, per_format in (comparisons.get("bd_rate_psnr_pct") or {}).items()
-             for fmt, value in per_format.items()]
-    return lines + [f"BD-rate (PSNR) of {pair}: {_fmt(value, '.2f', True)} %"
-                    for pair, value in (comparisons.get("bd_rate_between_families_pct") or {}).items()]
+    values = [(f"{family or 'the models'} vs {fmt}", value)
+              for family, per_format in (comparisons.get("bd_rate_psnr_pct") or {}).items()
+              for fmt, value in per_format.items()]
+    values += list((comparisons.get("bd_rate_between_families_pct") or {}).items())
+    return [f"BD-rate (PSNR) of {what}: {_fmt(value, '.2f', True)} %" for what, value in values
+            if value is not None or not skip_missing]
 
 
 # -- reporting ------------------------------------------------------------------------------
