@@ -134,10 +134,9 @@ class ImageFeedReader:
 
     def _progress_bar(self) -> Any:
         if self._bar is None:
-            from tqdm import tqdm
+            from ckbd.progress import progress
 
-            self._bar = tqdm(total=len(self.images), desc=self.label, unit="img",
-                             disable=not self.progress, leave=True)
+            self._bar = progress(total=len(self.images), desc=self.label, unit="img", enabled=self.progress)
         return self._bar
 
     def close(self) -> None:

@@ -1,7 +1,8 @@
 """ckbd's own exceptions.
 
 Everything a user can cause (bad input, wrong model, missing extra) raises a subclass of
-:class:`CkbdError`; the CLI maps exactly these to a one-line message and exit code 1.
+:class:`CkbdError`; the CLI maps exactly these to a one-line message and an exit code (1, or 2
+for a :class:`UsageError`, 128 + signal for :class:`Interrupted`; see ``ckbd.cli.main``).
 Anything else is a bug and keeps its traceback.
 """
 
@@ -10,6 +11,19 @@ from __future__ import annotations
 
 class CkbdError(Exception):
     """Base class for errors a user can act on."""
+
+
+class UsageError(CkbdError):
+    """The command line asks for something impossible (a value out of range, an output that
+    cannot be written, a conflicting option); found before any work starts. Exit code 2."""
+
+
+class Interrupted(CkbdError):
+    """A long job stopped on a signal after saving what it had (exit code 128 + the signal)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 class BitstreamError(CkbdError):
@@ -28,13 +42,24 @@ class ImageError(CkbdError):
     """An input image cannot be read or has an unsupported format."""
 
 
+class MemoryBudgetError(CkbdError):
+    """A job would need more memory than the budget allows, even in tiles; refused before allocating."""
+
+
+class ResourceError(CkbdError):
+    """The machine ran out of memory during a job (an allocation failed); nothing was written."""
+
+
 class MissingDependencyError(CkbdError):
     """An optional dependency is not installed; the message names the extra to install."""
 
     def __init__(self, package: str, extra: str, purpose: str) -> None:
+        # ckbd is installed from a checkout, not from the package index; TensorRT's wheels come
+        # from NVIDIA's index.
+        hint = " --extra-index-url https://pypi.nvidia.com" if package == "tensorrt" else ""
         super().__init__(
             f"{purpose} needs the '{package}' package, which is not installed: "
-            f"pip install 'ckbd[{extra}]'"
+            f"pip install '.[{extra}]'{hint} (in the ckbd checkout)"
         )
         self.package = package
         self.extra = extra
@@ -48,3 +73,16 @@ def require(module: str, extra: str, purpose: str):  # type: ignore[no-untyped-d
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(module.split(".")[0], extra, purpose) from exc
+
+
+#: Optional top-level packages and the extra that installs each.
+EXTRAS = {"torch": "export", "onnx": "export", "matplotlib": "plots", "tensorrt": "gpu", "cuda": "gpu",
+          "pycuda": "gpu"}
+
+
+def missing_extra(exc: ImportError) -> MissingDependencyError | None:
+    """The one-line error for an ImportError of an optional package (None for anything else)."""
+    name = (getattr(exc, "name", None) or "").split(".")[0]
+    if name not in EXTRAS:
+        return None
+    return MissingDependencyError(name, EXTRAS[name], "this command")

@@ -3,23 +3,16 @@
 Networks are strongly typed (the only mode left in TensorRT 11, which removed the FP16/INT8 builder
 flags and implicit calibration): the precision of an engine is the precision of the ONNX graph it
 compiles. FP16 engines come from the float16 variant of a graph and INT8 engines from its Q/DQ
-variant, both listed in ``manifest.variants``.
-
-Precision policy: the graphs whose outputs decide scale indexes (hyper synthesis, anchor and
-non-anchor parameters) must produce the same numbers in encoder and decoder, on any backend, so
-they stay fp32 (and TF32 is switched off for them) unless explicitly forced. Analysis stays fp32
-for the same cross-backend comparability. Only latent synthesis, whose output is just pixels,
-follows the requested precision.
-
-Image-size profiles (H x W, padded to 64) are turned into each graph's input shapes through the
-symbolic shapes of :mod:`ckbd.runtime.stages`.
+variant, both listed in ``manifest.variants``. Which stage compiles which graph, which engines are
+shared between precision sets and which stages TensorRT does not run at all is
+:mod:`ckbd.engines.policy`; the image-size profiles are :mod:`ckbd.engines.profiles`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,185 +25,37 @@ from ckbd.engines import (
     tensorrt_logger,
     tensorrt_version,
 )
+from ckbd.engines.cuda_memory import DeviceProperties, open_cuda
 from ckbd.engines.metadata import (
     ENGINES_DIR,
-    PRECISIONS,
     EngineMetadata,
+    Expected,
     engine_path,
     graph_entry,
+    mismatches,
+    read_metadata,
+    sidecar_path,
     write_metadata,
 )
+from ckbd.engines.policy import (
+    allows_tf32,
+    available_precisions,
+    check_precision,
+    engine_stages,
+    exported_stages,
+    is_shared,
+    stage_precision,
+)
+from ckbd.engines.profiles import DEFAULT_PROFILE, ShapeRange, SizeProfile, stage_profile_shapes
 from ckbd.errors import CkbdError, ModelError, ModelMismatchError
 from ckbd.runtime.atomic import atomic_path, atomic_write_bytes
 from ckbd.runtime.manifest import GraphEntry, Manifest
-from ckbd.runtime.stages import ALL_STAGES, LATENT_SYNTHESIS, PAD_MULTIPLE, STAGE_IO, Y_STRIDE
+from ckbd.runtime.stages import STAGE_IO
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
-#: Stages that follow the requested precision; every other stage is built fp32 unless forced.
-PRECISION_FOLLOWING_STAGES = (LATENT_SYNTHESIS,)
 TIMING_CACHE_NAME = "timing.cache"
-
-
-# --- sizes and profiles ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, order=True)
-class ImageSize:
-    """An image size in pixels, height first (as in ``"512x768"``: 512 rows, 768 columns)."""
-
-    height: int
-    width: int
-
-    def __str__(self) -> str:
-        return f"{self.height}x{self.width}"
-
-    def padded(self, multiple: int = PAD_MULTIPLE) -> ImageSize:
-        """Round both sides up to the codec's padding multiple, as the codec does to images."""
-        return ImageSize(
-            -(-self.height // multiple) * multiple, -(-self.width // multiple) * multiple
-        )
-
-
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
-
-
-def parse_size(text: str) -> ImageSize:
-    """Parse ``"HxW"`` (e.g. ``"512x768"``)."""
-    match = _SIZE_RE.match(text)
-    if not match:
-        raise CkbdError(f"image size '{text}' is not HxW, e.g. 512x768")
-    size = ImageSize(int(match.group(1)), int(match.group(2)))
-    if size.height <= 0 or size.width <= 0:
-        raise CkbdError(f"image size '{text}' must be positive")
-    return size
-
-
-@dataclass(frozen=True)
-class SizeProfile:
-    """The image sizes an engine accepts (min..max) and is tuned for (opt), padded to 64."""
-
-    min: ImageSize
-    opt: ImageSize
-    max: ImageSize
-
-    def __post_init__(self) -> None:
-        for name in ("min", "opt", "max"):
-            object.__setattr__(self, name, getattr(self, name).padded())
-        for dim in ("height", "width"):
-            low, mid, high = (getattr(s, dim) for s in (self.min, self.opt, self.max))
-            if not low <= mid <= high:
-                raise CkbdError(
-                    f"size profile needs min <= opt <= max in {dim}: "
-                    f"got {self.min}, {self.opt}, {self.max}"
-                )
-
-    @classmethod
-    def parse(cls, min_size: str, opt_size: str, max_size: str) -> SizeProfile:
-        return cls(parse_size(min_size), parse_size(opt_size), parse_size(max_size))
-
-    def to_dict(self) -> dict[str, list[int]]:
-        return {
-            key: [size.height, size.width]
-            for key, size in (("min", self.min), ("opt", self.opt), ("max", self.max))
-        }
-
-
-DEFAULT_PROFILE = SizeProfile(ImageSize(64, 64), ImageSize(512, 768), ImageSize(2048, 2048))
-
-_DIM_RE = re.compile(r"^(\d*)([A-Za-z]+)(?:/(\d+))?$")
-
-
-def symbol_values(size: ImageSize, M: int, N: int) -> dict[str, int]:
-    """Values of the base symbols of :data:`~ckbd.runtime.stages.STAGE_IO` for an image size."""
-    padded = size.padded()
-    return {
-        "H": padded.height,
-        "W": padded.width,
-        "h": padded.height // Y_STRIDE,
-        "w": padded.width // Y_STRIDE,
-        "M": M,
-        "N": N,
-    }
-
-
-def resolve_dim(dim: int | str, values: dict[str, int]) -> int:
-    """Evaluate a symbolic dimension such as ``"w/2"``, ``"h/4"`` or ``"2M"``."""
-    if isinstance(dim, int):
-        return dim
-    match = _DIM_RE.match(dim)
-    if not match or match.group(2) not in values:
-        raise CkbdError(f"cannot evaluate tensor dimension '{dim}'")
-    factor = int(match.group(1) or 1)
-    divisor = int(match.group(3) or 1)
-    value = factor * values[match.group(2)]
-    if value % divisor:
-        raise CkbdError(f"dimension '{dim}' = {value}/{divisor} is not whole; pad the image to 64")
-    return value // divisor
-
-
-def stage_input_shapes(stage: str, size: ImageSize, M: int, N: int) -> dict[str, tuple[int, ...]]:
-    """Concrete input shapes of ``stage`` for an image of ``size`` (padded to 64)."""
-    if stage not in STAGE_IO:
-        raise CkbdError(f"unknown stage '{stage}'; stages are {', '.join(ALL_STAGES)}")
-    values = symbol_values(size, M, N)
-    inputs, _ = STAGE_IO[stage]
-    return {spec.name: tuple(resolve_dim(d, values) for d in spec.shape) for spec in inputs}
-
-
-ShapeRange = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
-
-
-def stage_profile_shapes(stage: str, profile: SizeProfile, M: int, N: int) -> dict[str, ShapeRange]:
-    """(min, opt, max) input shapes of ``stage`` for an image-size profile."""
-    low, mid, high = (
-        stage_input_shapes(stage, s, M, N) for s in (profile.min, profile.opt, profile.max)
-    )
-    return {name: (low[name], mid[name], high[name]) for name in low}
-
-
-# --- precision policy ------------------------------------------------------------------------
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise CkbdError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
-    return precision
-
-
-def stage_precision(stage: str, requested: str, force: bool = False) -> str:
-    """The precision of the graph compiled for ``stage`` when ``requested`` is asked for.
-
-    Index-deciding stages stay fp32 unless ``force``: a different rounding in encoder and decoder
-    picks a different scale index and the rest of the bitstream decodes as noise.
-    """
-    check_precision(requested)
-    return requested if force or stage in PRECISION_FOLLOWING_STAGES else "fp32"
-
-
-def allows_tf32(stage: str) -> bool:
-    """TF32 (on by default in TensorRT) is only allowed where results need not match bit-wise."""
-    return stage in PRECISION_FOLLOWING_STAGES
-
-
-def available_precisions(manifest: Manifest) -> tuple[str, ...]:
-    """Precisions this model can be built at: fp32, plus each with a latent-synthesis variant."""
-    found = ["fp32"] if manifest.graphs else []
-    found += [
-        p
-        for p in PRECISIONS[1:]
-        if any(s in manifest.variants.get(p, {}) for s in PRECISION_FOLLOWING_STAGES)
-    ]
-    return tuple(found)
-
-
-def exported_stages(manifest: Manifest) -> tuple[str, ...]:
-    """The stages of the stage contract that the model directory has graphs for, in order."""
-    return tuple(stage for stage in ALL_STAGES if stage in manifest.graphs)
-
-
-# --- building --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -221,7 +66,8 @@ class BuildOptions:
     timing_cache: Path | None = None  # default: DIR/engines/timing.cache
     force_precision: bool = False
     device: int = 0
-    stages: tuple[str, ...] | None = None  # default: every exported stage
+    stages: tuple[str, ...] | None = None  # default: every stage TensorRT runs
+    rebuild_shared: bool = False  # rebuild shared fp32 engines even when the existing ones fit
 
 
 @dataclass
@@ -231,6 +77,7 @@ class BuildResult:
     metadata: EngineMetadata
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    reused: bool = False  # an existing shared engine fit, nothing was built
 
 
 def _source_entry(model_dir: Path, manifest: Manifest, stage: str, precision: str) -> GraphEntry:
@@ -299,8 +146,9 @@ def _parse_onnx(network: trt.INetworkDefinition, data: bytes, path: Path) -> trt
     import tensorrt as trt
 
     parser = trt.OnnxParser(network, tensorrt_logger())
-    # The path lets the parser find external weight files next to the graph.
-    if not parser.parse(data, str(path)):
+    # The path lets the parser find external weight files next to the graph; TensorRT documents
+    # it as the model file's path, which a relative path only is from the parser's directory.
+    if not parser.parse(data, str(Path(path).resolve())):
         errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
         details = "\n".join(f"  - {e}" for e in errors) or "  - (no parser error recorded)"
         raise CkbdError(f"TensorRT cannot parse {path}:\n{details}")
@@ -406,23 +254,21 @@ def _build_serialized(
     return bytes(serialized), entry, precision
 
 
-def build_engine(
+def _build_or_reuse(
     model_dir: Path,
     manifest: Manifest,
     stage: str,
     options: BuildOptions,
-    cache: TimingCache | None = None,
+    cache: TimingCache,
+    gpu: DeviceProperties,
 ) -> BuildResult:
-    """Build, then atomically write, ``DIR/engines/<stage>.<precision>.engine`` and its sidecar."""
-    import time
-
-    from ckbd.engines.cuda_memory import open_cuda
-
-    ensure_tensorrt("building TensorRT engines")
-    model_dir = Path(model_dir)
-    # Also makes the device current, so TensorRT builds (and times tactics) on it.
-    gpu = open_cuda(options.device).device_properties()
-    cache = cache or TimingCache(_timing_cache_path(model_dir, options))
+    """Atomically write ``DIR/engines/<stage>.<precision>.engine`` and its sidecar."""
+    precision = stage_precision(stage, options.precision, options.force_precision)
+    target = engine_path(model_dir, stage, precision)
+    if is_shared(stage, options.force_precision) and not options.rebuild_shared:
+        existing = _fitting_engine(model_dir, manifest, stage, target, options, gpu)
+        if existing is not None:
+            return BuildResult(stage, target, existing, reused=True)
     notes: list[str] = []
     start = time.perf_counter()
     engine_bytes, entry, graph_precision = _build_serialized(
@@ -431,11 +277,10 @@ def build_engine(
     seconds = time.perf_counter() - start
     cache.save()
 
-    target = engine_path(model_dir, stage, options.precision)
     target.parent.mkdir(parents=True, exist_ok=True)
     meta = EngineMetadata(
         stage=stage,
-        precision=options.precision,
+        precision=precision,
         graph_precision=graph_precision,
         source_file=entry.file,
         source_sha256=entry.sha256,
@@ -453,6 +298,39 @@ def build_engine(
     return BuildResult(stage, target, meta, seconds, notes)
 
 
+def _fitting_engine(
+    model_dir: Path,
+    manifest: Manifest,
+    stage: str,
+    target: Path,
+    options: BuildOptions,
+    gpu: DeviceProperties,
+) -> EngineMetadata | None:
+    """The metadata of an existing shared engine that a new build would only replace needlessly.
+
+    Rebuilding it would change the kernels that computed the scale indexes of streams already
+    encoded with it (float path), so it is kept whenever it is from this graph, TensorRT, GPU
+    architecture and size profile.
+    """
+    entry = graph_entry(manifest, stage, "fp32")
+    if entry is None or not target.is_file() or not sidecar_path(target).is_file():
+        return None
+    try:
+        meta = read_metadata(target)
+    except ModelError:
+        return None
+    expected = Expected(
+        stage=stage,
+        precision="fp32",
+        tensorrt_version=tensorrt_version(),
+        compute_capability=gpu.compute_capability_str,
+        source_sha256=entry.sha256,
+        engine_sha256=hashlib.sha256(target.read_bytes()).hexdigest(),
+    )
+    fits = not mismatches(meta, expected) and meta.profile == options.profile.to_dict()
+    return meta if fits and not meta.forced_precision else None
+
+
 def _timing_cache_path(model_dir: Path, options: BuildOptions) -> Path:
     return options.timing_cache or Path(model_dir) / ENGINES_DIR / TIMING_CACHE_NAME
 
@@ -462,7 +340,11 @@ def build_engines(
     options: BuildOptions,
     progress: Callable[[str], None] | None = None,
 ) -> list[BuildResult]:
-    """Build one engine per exported stage graph of ``model_dir`` at ``options.precision``."""
+    """Build the engine of every stage TensorRT runs, at ``options.precision``.
+
+    Stages that do not follow the precision reuse the shared fp32 engine when it still fits, so
+    building several precision sets compiles each of those graphs once.
+    """
     model_dir = Path(model_dir)
     say = progress or (lambda message: print(message, file=sys.stderr))
     check_precision(options.precision)
@@ -476,29 +358,37 @@ def build_engines(
             stage_precision(stage, options.precision, options.force_precision),
         )
     ensure_tensorrt("building TensorRT engines")
+    on_cpu = [s for s in exported_stages(manifest) if s not in engine_stages(manifest)]
+    if on_cpu:
+        say(f"{', '.join(on_cpu)}: integer entropy parameters, run on ONNX Runtime's CPU provider")
     profile = options.profile
     say(f"image sizes (HxW, padded to 64): min {profile.min}, opt {profile.opt}, max {profile.max}")
     cache = TimingCache(_timing_cache_path(model_dir, options))
     results = []
-    for stage in stages:
-        graph_precision = stage_precision(stage, options.precision, options.force_precision)
-        say(f"building {stage} ({graph_precision} graph) ...")
-        result = build_engine(model_dir, manifest, stage, options, cache)
-        for note in result.notes:
-            say(f"  note: {note}")
-        say(f"  wrote {result.engine} in {result.seconds:.1f} s")
-        results.append(result)
+    with open_cuda(options.device) as api:  # current for the whole build, released after it
+        gpu = api.device_properties()
+        for stage in stages:
+            graph_precision = stage_precision(stage, options.precision, options.force_precision)
+            say(f"building {stage} ({graph_precision} graph) ...")
+            result = _build_or_reuse(model_dir, manifest, stage, options, cache, gpu)
+            for note in result.notes:
+                say(f"  note: {note}")
+            if result.reused:
+                say(f"  kept {result.engine} (shared by every precision set; --rebuild-shared)")
+            else:
+                say(f"  wrote {result.engine} in {result.seconds:.1f} s")
+            results.append(result)
     return results
 
 
 def _select_stages(manifest: Manifest, requested: Iterable[str] | None) -> tuple[str, ...]:
-    exported = exported_stages(manifest)
+    runnable = engine_stages(manifest)
     if requested is None:
-        if not exported:
+        if not runnable:
             raise ModelError("the manifest lists no stage graphs to build")
-        return exported
+        return runnable
     chosen = tuple(requested)
-    missing = [s for s in chosen if s not in exported]
+    missing = [s for s in chosen if s not in exported_stages(manifest)]
     if missing:
         raise ModelError(f"no exported graph for stage(s) {', '.join(missing)}")
-    return chosen
+    return tuple(s for s in chosen if s in runnable)

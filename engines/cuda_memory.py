@@ -3,9 +3,10 @@
 TensorRT only needs raw device pointers and a stream handle, so the CUDA binding is an
 implementation detail: :class:`CudaApi` lists the dozen calls the engines make, implemented with
 NVIDIA's cuda-python (``cuda.bindings.runtime``) and, as a fallback, pycuda. On top of it,
-:class:`HostDeviceBuffer` keeps one device buffer with its pinned host twin per tensor, grown on
-demand and reused, so a steady stream of same-sized images allocates nothing. That layer is plain
-Python and is tested with a fake :class:`CudaApi`.
+:class:`HostDeviceBuffer` keeps one device buffer per tensor, plus a pinned host twin only once the
+tensor is uploaded or downloaded (outputs kept on the device never need one), grown on demand and
+reused, so a steady stream of same-sized images allocates nothing. That layer is plain Python and
+is tested with a fake :class:`CudaApi`.
 """
 
 from __future__ import annotations
@@ -81,6 +82,16 @@ class CudaApi(ABC):
     @abstractmethod
     def synchronize(self, stream: int) -> None: ...
 
+    @abstractmethod
+    def close(self) -> None:
+        """Undo what opening did to the calling thread's CUDA state (idempotent)."""
+
+    def __enter__(self) -> CudaApi:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def _round_up(nbytes: int) -> int:
     return max(ALIGNMENT, -(-nbytes // ALIGNMENT) * ALIGNMENT)
@@ -143,7 +154,7 @@ class PinnedBuffer:
 
 
 class HostDeviceBuffer:
-    """One tensor's device buffer and its pinned host staging twin, reused across runs.
+    """One tensor's device buffer and, once it is copied to or from the host, its pinned twin.
 
     ``generation`` changes whenever the device contents are replaced or the memory moves, so a
     :class:`~ckbd.runtime.backend.DeviceTensor` pointing here can tell it has gone stale.
@@ -167,22 +178,26 @@ class HostDeviceBuffer:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
     def reserve(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> bool:
-        """Set the tensor's shape and type, growing memory if needed; True when it reallocated."""
+        """Set the tensor's shape and type, growing device memory if needed; True when it did."""
         self.shape, self.dtype = tuple(int(d) for d in shape), np.dtype(dtype)
-        grew_device = self.device.ensure(self.nbytes)
-        grew_host = self.host.ensure(self.nbytes)
+        grew = self.device.ensure(self.nbytes)
         self.generation += 1
-        return grew_device or grew_host
+        return grew
 
     def upload(self, array: np.ndarray, stream: int) -> None:
-        """Stage ``array`` in pinned memory and enqueue its copy to the device."""
+        """Stage ``array`` in pinned memory and enqueue its copy to the device.
+
+        The caller makes sure no earlier copy from the pinned twin is still in flight.
+        """
         self.reserve(array.shape, array.dtype)
+        self.host.ensure(self.nbytes)
         staged = self.host_view()
         np.copyto(staged, array, casting="no")
         self._api.copy_htod_async(self.device.ptr, staged, stream)
 
     def enqueue_download(self, stream: int) -> None:
         """Enqueue the copy of the device contents into the pinned twin (read after sync)."""
+        self.host.ensure(self.nbytes)
         self._api.copy_dtoh_async(self.host_view(), self.device.ptr, stream)
 
     def host_view(self) -> np.ndarray:
@@ -269,70 +284,8 @@ class CudaPythonApi(CudaApi):
     def synchronize(self, stream: int) -> None:
         self._check(self._rt.cudaStreamSynchronize(stream), "stream synchronize")
 
-
-# --- pycuda (fallback) -----------------------------------------------------------------------
-
-
-class PyCudaApi(CudaApi):
-    """The same calls through pycuda, for machines that have it but not cuda-python.
-
-    TensorRT uses the CUDA runtime, which works in the device's *primary* context, so this
-    retains and pushes that context rather than creating its own (as ``pycuda.autoinit`` would).
-    """
-
-    name = "pycuda"
-
-    def __init__(self, device: int = 0) -> None:
-        self._cuda: Any = importlib.import_module("pycuda.driver")
-        self._device_index = device
-        try:
-            self._cuda.init()
-            self._device = self._cuda.Device(device)
-            self._context = self._device.retain_primary_context()
-            self._context.push()
-        except self._cuda.Error as exc:
-            raise CkbdError(f"CUDA device {device} is not usable: {exc}") from None
-        self._allocations: dict[int, Any] = {}
-        self._streams: dict[int, Any] = {}
-
-    def activate(self) -> None:
-        if self._cuda.Context.get_current() != self._context:
-            self._context.push()
-
-    def device_properties(self) -> DeviceProperties:
-        major, minor = self._device.compute_capability()
-        return DeviceProperties(str(self._device.name()), (int(major), int(minor)))
-
-    def device_alloc(self, nbytes: int) -> int:
-        allocation = self._cuda.mem_alloc(nbytes)
-        self._allocations[int(allocation)] = allocation
-        return int(allocation)
-
-    def device_free(self, ptr: int) -> None:
-        allocation = self._allocations.pop(ptr, None)
-        if allocation is not None:
-            allocation.free()
-
-    def host_alloc(self, nbytes: int) -> PinnedMemory:
-        array = self._cuda.pagelocked_empty(nbytes, np.uint8)
-        return PinnedMemory(array, array.base.free)
-
-    def create_stream(self) -> int:
-        stream = self._cuda.Stream()
-        self._streams[int(stream.handle)] = stream
-        return int(stream.handle)
-
-    def destroy_stream(self, stream: int) -> None:
-        self._streams.pop(stream, None)
-
-    def copy_htod_async(self, dst: int, src: np.ndarray, stream: int) -> None:
-        self._cuda.memcpy_htod_async(dst, src, self._streams[stream])
-
-    def copy_dtoh_async(self, dst: np.ndarray, src: int, stream: int) -> None:
-        self._cuda.memcpy_dtoh_async(dst, src, self._streams[stream])
-
-    def synchronize(self, stream: int) -> None:
-        self._streams[stream].synchronize()
+    def close(self) -> None:
+        """Nothing to undo: the runtime API uses the primary context and pushes none."""
 
 
 def open_cuda(device: int = 0, prefer: str | None = None) -> CudaApi:
@@ -346,7 +299,11 @@ def open_cuda(device: int = 0, prefer: str | None = None) -> CudaApi:
         order = (prefer, *(name for name in order if name != prefer))
     for name in order:
         try:
-            return CudaPythonApi(device) if name == "cuda-python" else PyCudaApi(device)
+            if name == "cuda-python":
+                return CudaPythonApi(device)
+            from ckbd.engines.pycuda_api import PyCudaApi
+
+            return PyCudaApi(device)
         except ImportError:
             continue
     raise MissingDependencyError("cuda-python", "gpu", "GPU buffers for TensorRT")

@@ -161,9 +161,14 @@ def check_compatible(
         )
 
 
-def missing_engine_error(model_dir: Path, stage: str, precision: str) -> ModelError:
-    """The error for an engine that was never built, with the command that builds it."""
-    path = engine_path(model_dir, stage, precision)
+def missing_engine_error(
+    model_dir: Path, stage: str, precision: str, path: Path | None = None
+) -> ModelError:
+    """The error for an engine that was never built, with the command that builds the set.
+
+    ``path`` is the file looked for when it is not the set's own (a shared fp32 engine).
+    """
+    path = path or engine_path(model_dir, stage, precision)
     return ModelError(
         f"no TensorRT engine {path} (or its metadata); build the engines with: "
         f"{rebuild_command(model_dir, precision)}"

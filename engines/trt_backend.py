@@ -4,7 +4,16 @@
 :mod:`ckbd.engines.builder`), refusing a stale one with the command that rebuilds it. Every runner
 of one backend enqueues on the same CUDA stream, so an output kept on the device
 (:class:`TrtDeviceTensor`) can feed the next stage with no copy and no extra synchronisation:
-stream order is the dependency. Each run synchronises once, at its end.
+stream order is the dependency. A run synchronises once, at its end, and only when it copies an
+output to the host; a run whose outputs all stay on the device (hyper synthesis in the codec)
+returns without waiting, and the next host upload waits for it first.
+
+Execution contexts and the stream are not re-entrant: a backend (and the device tensors it hands
+out) belongs to the thread that created it; open one backend per thread.
+
+On the integer entropy-parameter path the index-deciding stages are loaded on ONNX Runtime's CPU
+provider instead (:func:`~ckbd.runtime.ort_backend.exact_cpu_stage`). Stages that do not follow
+the precision load the fp32 engine shared by every precision set (:mod:`ckbd.engines.policy`).
 
 ``tensorrt`` and the CUDA bindings are imported inside the constructor, never at module import.
 """
@@ -12,8 +21,9 @@ stream order is the dependency. Each run synchronises once, at its end.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,23 +48,42 @@ from ckbd.engines.metadata import (
     rebuild_command,
     sidecar_path,
 )
+from ckbd.engines.policy import check_precision, loaded_precision
 from ckbd.errors import CkbdError, ModelMismatchError
-from ckbd.runtime.backend import Tensor, to_host
+from ckbd.runtime.backend import Runner, Tensor, to_host
 from ckbd.runtime.manifest import Manifest
+from ckbd.runtime.ort_backend import OnnxRuntimeBackend, exact_cpu_stage
 from ckbd.runtime.stages import STAGE_IO, TensorSpec
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
-    from ckbd.runtime.backend import Backend, DeviceTensor, Runner
+    from ckbd.runtime.backend import Backend, DeviceTensor
 
 
 @dataclass(eq=False)
 class _Session:
-    """What all runners of one backend share: the CUDA API and the one stream."""
+    """What all runners of one backend share: the CUDA API, the one stream, its owner thread."""
 
     api: CudaApi
     stream: int
+    pending: bool = False  # work was enqueued after the last synchronisation
+    thread: int = field(default_factory=threading.get_ident)
+
+    def enter(self) -> None:
+        """Check the calling thread owns the backend and make its device current."""
+        if threading.get_ident() != self.thread:
+            raise CkbdError(
+                "a TensorRT backend is used from a thread other than the one that opened it; "
+                "open one backend per thread"
+            )
+        self.api.activate()
+
+    def settle(self) -> None:
+        """Wait for enqueued work, so pinned staging memory may be rewritten."""
+        if self.pending:
+            self.api.synchronize(self.stream)
+            self.pending = False
 
 
 class TrtDeviceTensor:
@@ -95,9 +124,10 @@ class TrtDeviceTensor:
 
     def to_host(self) -> np.ndarray:
         _ = self.device_ptr  # raises if a later run overwrote it
-        self._session.api.activate()
+        self._session.enter()
         self._buffer.enqueue_download(self._session.stream)
         self._session.api.synchronize(self._session.stream)
+        self._session.pending = False
         return self._buffer.host_view().copy()
 
     def __repr__(self) -> str:
@@ -153,10 +183,10 @@ class TensorRTRunner:
         return self._context
 
     def run(self, feeds: Mapping[str, Tensor], keep: Collection[str] = ()) -> dict[str, Tensor]:
-        """Enqueue copies in, the engine, copies out; synchronise once; return the outputs."""
-        api, stream = self._session.api, self._session.stream
+        """Enqueue copies in, the engine, copies out; synchronise once if anything comes back."""
+        session, stream = self._session, self._session.stream
         self._check_feed_names(feeds)
-        api.activate()
+        session.enter()
         for name in self._input_names:
             self._bind_input(name, feeds[name])
         for name in self._output_names:
@@ -165,10 +195,12 @@ class TensorRTRunner:
         if not self._ctx.execute_async_v3(stream):
             details = "; ".join(recent_errors()) or "see the TensorRT log"
             raise CkbdError(f"TensorRT failed to run {self.stage}: {details}")
+        session.pending = True
         to_copy = [n for n in self._output_names if n not in keep]
         for name in to_copy:
             self._buffers[name].enqueue_download(stream)
-        api.synchronize(stream)
+        if to_copy:
+            session.settle()
         results: dict[str, Tensor] = {}
         for name in self._output_names:
             buffer = self._buffers[name]
@@ -199,11 +231,12 @@ class TensorRTRunner:
         else:
             array = np.ascontiguousarray(to_host(feed), dtype=dtype)
             buffer = self._buffers[name]
+            self._session.settle()  # an earlier run may still be copying from the pinned twin
             buffer.upload(array, self._session.stream)
             ptr, shape = buffer.ptr, buffer.shape
         if not self._ctx.set_input_shape(name, shape):
             raise self._shape_error(name, shape)
-        self._ctx.set_tensor_address(name, ptr)
+        self._set_address(name, ptr)
 
     def _bind_output(self, name: str) -> None:
         shape = dims_tuple(self._ctx.get_tensor_shape(name))
@@ -211,7 +244,20 @@ class TensorRTRunner:
             raise CkbdError(f"TensorRT cannot infer the shape of {self.stage} output '{name}'")
         buffer = self._buffers[name]
         buffer.reserve(shape, self._dtypes[name])
-        self._ctx.set_tensor_address(name, buffer.ptr)
+        self._set_address(name, buffer.ptr)
+
+    def _set_address(self, name: str, ptr: int) -> None:
+        if not self._ctx.set_tensor_address(name, ptr):
+            details = "; ".join(recent_errors()) or "see the TensorRT log"
+            raise CkbdError(f"TensorRT refused the address of {self.stage} tensor '{name}': {details}")
+
+    def max_input_shape(self, name: str) -> tuple[int, ...] | None:
+        """The largest shape of input ``name`` the engine's profile accepts: the codec tiles
+        larger images so that every run fits (see ckbd.runtime.tiling)."""
+        try:
+            return dims_tuple(self._engine.get_tensor_profile_shape(name, 0)[2])
+        except (RuntimeError, ValueError):
+            return None
 
     def _shape_error(self, name: str, shape: tuple[int, ...]) -> CkbdError:
         try:
@@ -238,8 +284,6 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, device: int = 0, precision: str = "fp32") -> None:
-        from ckbd.engines.builder import check_precision
-
         check_precision(precision)
         ensure_tensorrt("the TensorRT backend")
         import tensorrt as trt
@@ -251,6 +295,7 @@ class TensorRTBackend:
         self._session = _Session(api, api.create_stream())
         self._runtime = trt.Runtime(tensorrt_logger())
         self._runners: list[TensorRTRunner] = []
+        self._cpu: OnnxRuntimeBackend | None = None
         self._closed = False
 
     @property
@@ -258,18 +303,22 @@ class TensorRTBackend:
         """The CUDA stream every runner of this backend enqueues on."""
         return self._session.stream
 
-    def load(self, model_dir: Path, stage: str) -> TensorRTRunner:
-        """Check and deserialise ``DIR/engines/<stage>.<precision>.engine``."""
+    def load(self, model_dir: Path, stage: str) -> Runner:
+        """Check and deserialise the stage's engine, or load it on ORT's CPU provider (see above)."""
         if self._closed:
             raise CkbdError("this TensorRT backend was closed")
         model_dir = Path(model_dir)
-        path = engine_path(model_dir, stage, self.precision)
+        manifest = Manifest.load(model_dir)
+        if exact_cpu_stage(manifest, stage):
+            self._cpu = self._cpu or OnnxRuntimeBackend("cpu")
+            return self._cpu.load(model_dir, stage)
+        path = engine_path(model_dir, stage, loaded_precision(model_dir, stage, self.precision))
         if not path.is_file() or not sidecar_path(path).is_file():
-            raise missing_engine_error(model_dir, stage, self.precision)
+            raise missing_engine_error(model_dir, stage, self.precision, path)
         meta = read_metadata(path)
         data = path.read_bytes()
-        self._check(model_dir, stage, meta, data, path)
-        self._session.api.activate()
+        self._check(model_dir, manifest, stage, meta, data, path)
+        self._session.enter()
         recent_errors()
         engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:
@@ -284,10 +333,16 @@ class TensorRTBackend:
         return runner
 
     def _check(
-        self, model_dir: Path, stage: str, meta: EngineMetadata, data: bytes, path: Path
+        self,
+        model_dir: Path,
+        manifest: Manifest,
+        stage: str,
+        meta: EngineMetadata,
+        data: bytes,
+        path: Path,
     ) -> None:
         """Refuse an engine built elsewhere, by another TensorRT, or from another graph."""
-        entry = graph_entry(Manifest.load(model_dir), stage, meta.graph_precision)
+        entry = graph_entry(manifest, stage, meta.graph_precision)
         if entry is None:
             raise ModelMismatchError(
                 f"engine {path} was built from the {meta.graph_precision} '{stage}' graph, which "
@@ -295,7 +350,7 @@ class TensorRTBackend:
             )
         expected = Expected(
             stage=stage,
-            precision=self.precision,
+            precision=loaded_precision(model_dir, stage, self.precision),
             tensorrt_version=tensorrt_version(),
             compute_capability=self.gpu.compute_capability_str,
             source_sha256=entry.sha256,
@@ -314,6 +369,7 @@ class TensorRTBackend:
         if not self._closed:
             self._closed = True
             self._session.api.destroy_stream(self._session.stream)
+            self._session.api.close()
 
     def __enter__(self) -> TensorRTBackend:
         return self

@@ -22,7 +22,8 @@ from ckbd.runtime.entropy_tables import (
     discrete_tables,
     gaussian_tables,
 )
-from ckbd.runtime.manifest import Y_TABLES_NAME, Z_TABLES_NAME, Manifest
+from ckbd.runtime.intparams import INTEGER_PARAMS_NAME, IntegerParams
+from ckbd.runtime.manifest import Y_TABLES_NAME, Z_TABLES_NAME, GraphEntry, Manifest, file_sha256
 
 #: Bumped whenever the bytes hashed by :func:`model_fingerprint` change meaning.
 _FINGERPRINT_DOMAIN = b"ckbd-model-fingerprint-v1\0"
@@ -53,6 +54,17 @@ def model_fingerprint(model: HyperpriorModel, scale_table: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def integer_fingerprint(float_fingerprint: str, integer_params: IntegerParams) -> str:
+    """The integer path's fingerprint: the weights' fingerprint plus the quantised spec.
+
+    Two integer exports of one checkpoint with different calibrations code differently, so their
+    streams must not be interchangeable; nor are they with the float export of the same weights.
+    """
+    digest = hashlib.sha256(b"ckbd-integer-path-v1\0" + float_fingerprint.encode())
+    digest.update(integer_params.digest().encode())
+    return digest.hexdigest()
+
+
 def build_tables(model: HyperpriorModel, scale_table: np.ndarray) -> tuple[EntropyTables, EntropyTables]:
     """(y tables: one Gaussian per scale, z tables: the factorized prior per channel)."""
     y_tables = gaussian_tables(scale_table)
@@ -62,12 +74,15 @@ def build_tables(model: HyperpriorModel, scale_table: np.ndarray) -> tuple[Entro
 
 
 def build_package(
-    model: HyperpriorModel, opset: int = 0, scale_table: np.ndarray | None = None
+    model: HyperpriorModel, opset: int = 0, scale_table: np.ndarray | None = None,
+    integer_params: IntegerParams | None = None,
 ) -> tuple[Manifest, EntropyTables, EntropyTables]:
     """(manifest without graphs, y tables, z tables) of a checkerboard model.
 
-    ``opset`` is 0 for a package with no ONNX graphs (the torch reference). Raises
-    :class:`~ckbd.errors.ModelError` for architectures that do not follow the stage contract.
+    ``opset`` is 0 for a package with no ONNX graphs (the torch reference). With
+    ``integer_params`` the manifest describes the integer entropy-parameter path (its file entry
+    is filled in by whoever writes the spec). Raises :class:`~ckbd.errors.ModelError` for
+    architectures that do not follow the stage contract.
     """
     model = require_checkerboard(model)
     table = default_scale_table() if scale_table is None else np.asarray(scale_table, np.float32)
@@ -84,10 +99,16 @@ def build_package(
         y_tables=Y_TABLES_NAME,
         z_tables=Z_TABLES_NAME,
     )
+    if integer_params is not None:
+        manifest.entropy_params = "integer"
+        manifest.fingerprint = integer_fingerprint(manifest.fingerprint, integer_params)
+        manifest.integer_params = GraphEntry(INTEGER_PARAMS_NAME, integer_params.digest(), "int")
     return manifest, y_tables, z_tables
 
 
 def save_tables(model_dir: Path, manifest: Manifest, y_tables: EntropyTables, z_tables: EntropyTables) -> None:
-    """Write both tables (atomically each) under the names the manifest gives them."""
-    y_tables.save(Path(model_dir) / manifest.y_tables)
-    z_tables.save(Path(model_dir) / manifest.z_tables)
+    """Write both tables (atomically each) under the names the manifest gives them, and record
+    their sha256 in the manifest, which checks them on load."""
+    for tables, name in ((y_tables, manifest.y_tables), (z_tables, manifest.z_tables)):
+        tables.save(Path(model_dir) / name)
+        manifest.tables_sha256[name] = file_sha256(Path(model_dir) / name)

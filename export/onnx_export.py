@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ckbd.errors import CkbdError, ModelError, require
+from ckbd.export.integer_stages import integer_stage_modules
 from ckbd.export.model_package import build_package, save_tables
 from ckbd.export.optimize import optimized_stage_modules
 from ckbd.export.stage_modules import (
@@ -32,6 +33,7 @@ from ckbd.export.stage_modules import (
     require_checkerboard,
 )
 from ckbd.models.architectures import HyperpriorModel
+from ckbd.runtime.intparams import INTEGER_PARAMS_NAME, IntegerParams
 from ckbd.runtime.manifest import MANIFEST_NAME, GraphEntry, Manifest, file_sha256
 from ckbd.runtime.stages import ALL_STAGES, LATENT_SYNTHESIS, STAGE_IO, TensorSpec
 
@@ -217,20 +219,26 @@ def export_model(
     stages: Sequence[str] = ALL_STAGES,
     optimize: bool = True,
     fp16: bool = False,
+    integer_params: IntegerParams | None = None,
 ) -> Manifest:
     """Export the stages of a checkerboard model, the entropy tables and the manifest to ``out_dir``.
 
     ``optimize=False`` exports the plain stage modules (same function, slower graphs); it exists
     to measure what the rewrites of :mod:`ckbd.export.optimize` buy. ``fp16`` also writes a
     float16 latent synthesis, listed as the manifest's ``fp16`` variant (for TensorRT FP16).
+    ``integer_params`` (from :func:`ckbd.export.integer_quantize.quantize_model`) selects the
+    integer entropy-parameter path: the three index-deciding graphs evaluate that spec exactly.
     """
     require("onnx", "export", "exporting ONNX graphs")
     model = require_checkerboard(model).eval()
     stages = check_stages(stages)
-    manifest, y_tables, z_tables = build_package(model, opset=opset)
+    manifest, y_tables, z_tables = build_package(model, opset=opset, integer_params=integer_params)
     table = manifest.scale_table
     build = optimized_stage_modules if optimize else plain_stage_modules
     modules = build(model, table, stages)  # type: ignore[operator]
+    if integer_params is not None:
+        integer = integer_stage_modules(integer_params)
+        modules.update({stage: integer[stage] for stage in stages if stage in integer})
     manifest.extra["optimized"] = optimize
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -250,6 +258,10 @@ def export_model(
                                  manifest.N, manifest.M)
             manifest.variants["fp16"] = {LATENT_SYNTHESIS: GraphEntry(entry.file, entry.sha256, "fp16")}
         save_tables(staging, manifest, y_tables, z_tables)
+        if integer_params is not None:
+            spec_path = staging / INTEGER_PARAMS_NAME
+            integer_params.save(spec_path)
+            manifest.integer_params = GraphEntry(INTEGER_PARAMS_NAME, file_sha256(spec_path), "int")
         _publish(staging, out_dir, manifest)
     except OSError as exc:
         raise CkbdError(f"cannot write {out_dir}: {exc.strerror or exc}") from None

@@ -357,11 +357,13 @@ class SortedTableIndex(nn.Module):
 
     thresholds: Tensor
 
-    def __init__(self, scale_table: Tensor) -> None:
+    def __init__(self, scale_table: Tensor, strict: bool = True) -> None:
         super().__init__()
         thresholds = scale_table[:-1].to(torch.float32)
-        if not bool(torch.all(thresholds[1:] > thresholds[:-1])):
-            raise ValueError("binary search needs a strictly increasing scale table")
+        # Equal neighbours (strict=False: the integer path's coarse thresholds) count the same way.
+        increasing = thresholds[1:] > thresholds[:-1] if strict else thresholds[1:] >= thresholds[:-1]
+        if not bool(torch.all(increasing)):
+            raise ValueError("binary search needs an increasing scale table")
         steps = 1 << max(0, math.ceil(math.log2(thresholds.numel() + 1)))
         padded = torch.full((steps,), float("inf"))
         padded[: thresholds.numel()] = thresholds

@@ -3,8 +3,9 @@
     python -m ckbd.export.package_default runs/default/checkpoint.pt
 
 Writes a float16 copy of the weights (``default_checkpoint.pt``, what ``ckbd export --default``
-reads), the exported model directory ``default/`` made from exactly those weights, and
-``RECIPE.json`` with the training recipe so anyone can retrain it.
+reads), the exported model directory ``default/`` made from exactly those weights (integer
+entropy-parameter path, calibrated on ``--calibration-images``, by default ../shared/data/train),
+and ``RECIPE.json`` with the training recipe so anyone can retrain it.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ def recipe(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def package(checkpoint: Path, assets: Path = ASSETS, notes: str = "") -> Path:
+def package(checkpoint: Path, calibration: Path, assets: Path = ASSETS, notes: str = "") -> Path:
+    from ckbd.export.integer_quantize import calibration_images, quantize_model
     from ckbd.export.onnx_export import export_model
+    from ckbd.runtime.entropy_tables import default_scale_table
 
     assets.mkdir(parents=True, exist_ok=True)
     shipped = assets / "default_checkpoint.pt"
@@ -44,7 +47,9 @@ def package(checkpoint: Path, assets: Path = ASSETS, notes: str = "") -> Path:
     save_checkpoint(shipped, load_model(checkpoint), training=progress, half=True)
     with tempfile.TemporaryDirectory(dir=assets) as tmp:
         staged = Path(tmp) / "default"
-        export_model(load_model(shipped), staged)
+        model = load_model(shipped)
+        spec = quantize_model(model, calibration_images(calibration), default_scale_table())
+        export_model(model, staged, integer_params=spec)
         target = assets / "default"
         if target.exists():
             shutil.rmtree(target)
@@ -58,8 +63,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--notes", default="", help="Free text stored in RECIPE.json (data, machine, ...).")
+    parser.add_argument("--calibration-images", type=Path, default=ASSETS.parents[2] / "shared" / "data" / "train",
+                        help="Photos that calibrate the integer entropy-parameter path.")
     args = parser.parse_args()
-    print(package(args.checkpoint, notes=args.notes))
+    print(package(args.checkpoint, args.calibration_images, notes=args.notes))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""The ckbd file format, version 1: a fixed little-endian header followed by three opaque payloads.
+"""The ckbd file format, version 2: a fixed little-endian header followed by three opaque payloads.
+
+Version 2 added one flag bit saying which entropy-parameter path coded the file (integer or
+float, see docs/DETERMINISM.md); version 1 files have no flags and decode with float models.
 
 This module owns only the container. The payloads (z, anchors, non-anchors, in decoding order)
 are whatever the range coder produced; see ``docs/BITSTREAM.md`` for the byte layout and for how
@@ -23,10 +26,17 @@ from ckbd.runtime.manifest import ARCH_IDS
 from ckbd.runtime.stages import PAD_MULTIPLE, Y_STRIDE, Z_STRIDE
 
 MAGIC = b"CKBD"
-FORMAT_VERSION = 1
-#: Flag bits this reader understands; v1 defines none.
-KNOWN_FLAGS = 0
-#: Largest image (height * width, before padding) ``unpack`` accepts unless told otherwise.
+#: The version this ckbd writes.
+FORMAT_VERSION = 2
+#: Versions this ckbd reads (the layout is the same; v1 defines no flags).
+READABLE_VERSIONS = (1, 2)
+#: Flag bit: the scale indexes and means came from the exact integer entropy-parameter graphs.
+FLAG_INTEGER_PARAMS = 0x01
+#: Flag bits this reader understands, per version.
+KNOWN_FLAGS = {1: 0, 2: FLAG_INTEGER_PARAMS}
+#: Entropy-parameter path names, as in the manifest.
+INTEGER_PATH, FLOAT_PATH = "integer", "float"
+#: Largest image (height * width after padding to PAD_MULTIPLE) ``unpack`` accepts unless told otherwise.
 DEFAULT_MAX_PIXELS = 2**26
 #: Bytes of the model fingerprint carried by a file (a prefix of the manifest's sha256).
 FINGERPRINT_BYTES = 8
@@ -136,6 +146,11 @@ class Header:
         return arch_name(self.arch_id)
 
     @property
+    def entropy_params(self) -> str:
+        """Which entropy-parameter path coded the file: ``integer`` or ``float``."""
+        return INTEGER_PATH if self.flags & FLAG_INTEGER_PARAMS else FLOAT_PATH
+
+    @property
     def fingerprint_hex(self) -> str:
         return self.fingerprint.hex()
 
@@ -192,6 +207,7 @@ class Bitstream:
         z: bytes,
         anchors: bytes,
         nonanchors: bytes,
+        entropy_params: str = FLOAT_PATH,
     ) -> Bitstream:
         """The encoder's constructor: derives the latent shapes and payload lengths itself."""
         shapes = latent_shapes(height, width)
@@ -210,6 +226,7 @@ class Bitstream:
             anchor_length=len(anchors),
             nonanchor_length=len(nonanchors),
             symbols_crc=symbols_crc,
+            flags=FLAG_INTEGER_PARAMS if entropy_params == INTEGER_PATH else 0,
         )
         return cls(header, bytes(z), bytes(anchors), bytes(nonanchors))
 
@@ -276,12 +293,20 @@ def unpack(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Bitstream:
     return Bitstream(header, bytes(data[HEADER_SIZE:a]), bytes(data[a:b]), bytes(data[b:]))
 
 
-def check_model(header: Header, arch_id: int, fingerprint_hex: str, N: int, M: int) -> None:
+def check_model(header: Header, arch_id: int, fingerprint_hex: str, N: int, M: int,
+                entropy_params: str = FLOAT_PATH) -> None:
     """Refuse to decode with a model other than the encoder's: the result would be noise.
 
     Call this before allocating latents: it is also what bounds N and M, which the format
-    itself only limits to 16 bits.
+    itself only limits to 16 bits. The entropy-parameter path is checked first because its
+    message says what to do (the fingerprints of the two exports of one checkpoint differ too).
     """
+    if header.entropy_params != entropy_params:
+        raise ModelMismatchError(
+            f"this file was coded with the {header.entropy_params} entropy-parameter path but the loaded "
+            f"model uses the {entropy_params} path; decode with the model it was made with "
+            f"(export with --entropy-params {header.entropy_params})"
+        )
     expected = fingerprint_bytes(fingerprint_hex)
     if (header.arch_id, header.fingerprint, header.N, header.M) == (arch_id, expected, N, M):
         return
@@ -300,10 +325,14 @@ def _check_prefix(data: bytes) -> None:
         raise BitstreamError("not a ckbd file (bad magic bytes)")
     if len(data) < _PREFIX_SIZE:
         raise BitstreamError(f"truncated: the header needs {HEADER_SIZE} bytes, found {len(data)}")
-    version = data[len(MAGIC)]
-    if version != FORMAT_VERSION:
+    _check_version(data[len(MAGIC)])
+
+
+def _check_version(version: int) -> None:
+    if version not in READABLE_VERSIONS:
         raise BitstreamError(
-            f"format version {version} is not supported; this ckbd reads version {FORMAT_VERSION}"
+            f"format version {version} is not supported; this ckbd reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
 
 
@@ -332,12 +361,8 @@ def _header_from_body(body: bytes) -> Header:
 
 def _check_fields(header: Header, *, max_pixels: int | None) -> None:
     """Semantic checks shared by reader and writer, in the order docs/BITSTREAM.md lists."""
-    if header.version != FORMAT_VERSION:
-        raise BitstreamError(
-            f"format version {header.version} is not supported; "
-            f"this ckbd reads version {FORMAT_VERSION}"
-        )
-    if header.flags & ~KNOWN_FLAGS:
+    _check_version(header.version)
+    if header.flags & ~KNOWN_FLAGS[header.version]:
         raise BitstreamError(f"unknown flags 0x{header.flags:02x}; this file needs a newer ckbd")
     if header.arch_id not in _ARCH_NAMES:
         raise BitstreamError(
@@ -354,10 +379,11 @@ def _check_fields(header: Header, *, max_pixels: int | None) -> None:
 def _check_image_size(height: int, width: int, max_pixels: int | None) -> None:
     if height < 1 or width < 1:
         raise BitstreamError(f"invalid image size {height}x{width}")
-    if max_pixels is not None and height * width > max_pixels:
+    padded_h, padded_w = padded_size(height, width)  # what the decoder allocates for
+    if max_pixels is not None and padded_h * padded_w > max_pixels:
         raise BitstreamError(
-            f"image of {height}x{width} = {height * width} pixels exceeds the limit of "
-            f"{max_pixels} pixels; raise max_pixels only for files you trust"
+            f"image of {height}x{width} ({padded_h}x{padded_w} = {padded_h * padded_w} pixels padded) "
+            f"exceeds the limit of {max_pixels} pixels; raise max_pixels only for files you trust"
         )
 
 

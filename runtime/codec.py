@@ -21,6 +21,7 @@ import numpy as np
 from ckbd.errors import BitstreamError, ImageError, ModelError
 from ckbd.runtime import bitstream as bs
 from ckbd.runtime.backend import Backend, Tensor, to_host
+from ckbd.runtime.memory import plan_synthesis
 from ckbd.runtime.model import CodecModel
 from ckbd.runtime.profiling import NullTimer, StageTimer
 from ckbd.runtime.stages import (
@@ -28,9 +29,9 @@ from ckbd.runtime.stages import (
     ANCHOR_PARAMS,
     DECODER_STAGES,
     HYPER_SYNTHESIS,
-    LATENT_SYNTHESIS,
     NONANCHOR_PARAMS,
 )
+from ckbd.runtime.tiling import analyse_image, synthesise_image
 
 #: Coding callback for one half: (indexes, means) -> integer symbols.
 CodeHalf = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -131,7 +132,7 @@ class Encoder(_CodecBase):
         height, width = check_image(image)
         y_coder, z_coder = self.model.y_coder, self.model.z_coder
         sched = _TwoPassSchedule(self.model, timer)
-        out = sched.run(ANALYSIS, {"image": to_network_input(image)})
+        out = analyse_image(sched.run, self.model, image)
         y_anchor, y_nonanchor = to_host(out["y_anchor"]), to_host(out["y_nonanchor"])
         z_symbols = np.ascontiguousarray(to_host(out["z_symbols"]), dtype=np.int32)
         z_indexes = self._z_indexes(z_symbols.shape)
@@ -159,6 +160,7 @@ class Encoder(_CodecBase):
             height=height, width=width, arch_id=self.manifest.arch_id, fingerprint_hex=self.manifest.fingerprint,
             N=self.manifest.N, M=self.manifest.M, symbols_crc=latents.crc32(),
             z=z_payload, anchors=payloads["anchor"], nonanchors=payloads["nonanchor"],
+            entropy_params=self.manifest.entropy_params,
         ))
         return EncodeResult(data, latents, float(sum(bits)) if estimate else None, dict(timer.times_ms))
 
@@ -178,9 +180,15 @@ class Decoder(_CodecBase):
     def read_header(self, data: bytes) -> bs.Bitstream:
         """Parse and validate the container against this model before anything is allocated."""
         stream = bs.unpack(data, max_pixels=self.max_pixels)
-        m = self.manifest
-        bs.check_model(stream.header, m.arch_id, m.fingerprint, m.N, m.M)
+        self.check_header(stream.header)
         return stream
+
+    def check_header(self, header: bs.Header) -> None:
+        """Refuse a file made for another model, or too large for the memory budget even in tiles;
+        ``stream_io`` calls it before reading payloads."""
+        m = self.manifest
+        bs.check_model(header, m.arch_id, m.fingerprint, m.N, m.M, m.entropy_params)
+        plan_synthesis(m.arch, m.N, m.M, header.height, header.width, self.model.memory)
 
     def decode_detailed(self, data: bytes, timer: StageTimer | None = None) -> DecodeResult:
         timer = timer or NullTimer()
@@ -191,19 +199,36 @@ class Decoder(_CodecBase):
         with timer.stage("z_decode"):
             z_symbols = self.model.z_coder.decode(stream.z, self._z_indexes(header.z_shape))
         hyper = sched.hyper(z_symbols)
-        a_sym, a_hat = sched.half(ANCHOR_PARAMS, {"hyper": hyper},
-                                  lambda idx, _: y_coder.decode(stream.anchors, idx), "anchor_decode",
-                                  header.half_shape)
-        n_sym, n_hat = sched.half(NONANCHOR_PARAMS, {"hyper": hyper, "anchor_hat": a_hat},
-                                  lambda idx, _: y_coder.decode(stream.nonanchors, idx), "nonanchor_decode",
-                                  header.half_shape)
+        try:
+            a_sym, a_hat = sched.half(ANCHOR_PARAMS, {"hyper": hyper},
+                                      lambda idx, _: y_coder.decode(stream.anchors, idx), "anchor_decode",
+                                      header.half_shape)
+            n_sym, n_hat = sched.half(NONANCHOR_PARAMS, {"hyper": hyper, "anchor_hat": a_hat},
+                                      lambda idx, _: y_coder.decode(stream.nonanchors, idx), "nonanchor_decode",
+                                      header.half_shape)
+        except BitstreamError as exc:
+            if header.entropy_params == bs.INTEGER_PATH:
+                raise
+            raise BitstreamError(f"{exc} ({_FLOAT_PATH_HINT})") from None
         latents = Latents(z_symbols, a_sym, n_sym, a_hat, n_hat)
         if latents.crc32() != header.symbols_crc:
-            raise BitstreamError("checksum mismatch: the stream is corrupt or was coded with different "
-                                 "entropy parameters (another backend or precision?)")
-        out = sched.run(LATENT_SYNTHESIS, {"anchor_hat": a_hat, "nonanchor_hat": n_hat})
-        image = np.ascontiguousarray(to_host(out["image"])[0, : header.height, : header.width])
+            raise BitstreamError(_desync_message(header))
+        image = synthesise_image(sched.run, self.model, a_hat, n_hat, header.height, header.width)
         return DecodeResult(image, latents, header, dict(timer.times_ms))
+
+
+def _desync_message(header: bs.Header) -> str:
+    """Why decoded symbols can disagree with the encoder's: corruption, or float-path drift."""
+    if header.entropy_params == bs.INTEGER_PATH:
+        return ("symbols checksum mismatch: the stream is corrupt (its entropy parameters are exact "
+                "integers, so a backend or precision difference cannot cause this)")
+    return f"symbols checksum mismatch: the stream is corrupt, or {_FLOAT_PATH_HINT}"
+
+
+_FLOAT_PATH_HINT = (
+    "this float-path stream was coded on a backend, thread count or precision whose float results differ "
+    "from this decoder's; decode it with the encoder's configuration, and export models with "
+    "--entropy-params integer to make streams portable")
 
 
 def check_image(image: np.ndarray) -> tuple[int, int]:
@@ -213,8 +238,10 @@ def check_image(image: np.ndarray) -> tuple[int, int]:
     height, width = image.shape[:2]
     if height < 1 or width < 1:
         raise ImageError(f"empty image ({height}x{width})")
-    if height * width > bs.DEFAULT_MAX_PIXELS:
-        raise ImageError(f"{width}x{height} exceeds the {bs.DEFAULT_MAX_PIXELS}-pixel limit")
+    padded_h, padded_w = bs.padded_size(height, width)  # the limit counts what analysis allocates
+    if padded_h * padded_w > bs.DEFAULT_MAX_PIXELS:
+        raise ImageError(f"{width}x{height} ({padded_w}x{padded_h} padded) exceeds the "
+                         f"{bs.DEFAULT_MAX_PIXELS}-pixel limit")
     return height, width
 
 

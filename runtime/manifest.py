@@ -49,7 +49,14 @@ class Manifest:
     # Entropy tables (EntropyTables .npz): Gaussian scale-table bins for y, per-channel for z.
     y_tables: str = Y_TABLES_NAME
     z_tables: str = Z_TABLES_NAME
+    # sha256 of each table file by name, checked on load like the graphs' (absent in older exports).
+    tables_sha256: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # How the index-deciding graphs compute: "integer" (exact, bit-identical on every backend, see
+    # docs/DETERMINISM.md) or "float" (decodes only where the encoder's float results repeat).
+    entropy_params: str = "float"
+    # The integer path's spec (runtime.intparams), present exactly when entropy_params is "integer".
+    integer_params: GraphEntry | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -62,6 +69,10 @@ class Manifest:
         Stages without a variant run in fp32 (the parameter graphs always do), but a precision the
         model has no graphs for at all is an error rather than a silent fp32 run.
         """
+        return model_dir / self.graph_entry(model_dir, stage, precision).file
+
+    def graph_entry(self, model_dir: Path, stage: str, precision: str = "fp32") -> GraphEntry:
+        """The manifest entry :meth:`graph_path` names (file and sha256)."""
         if precision != "fp32" and precision not in self.variants:
             hint = "ckbd calibrate" if precision == "int8" else "ckbd export --fp16"
             raise ModelError(f"model directory {model_dir} has no {precision} graphs; make them with {hint}")
@@ -69,7 +80,7 @@ class Manifest:
         entry = entry or self.graphs.get(stage)
         if entry is None:
             raise ModelError(f"model directory {model_dir} has no '{stage}' graph")
-        return model_dir / entry.file
+        return entry
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -87,7 +98,9 @@ class Manifest:
                 p: {k: GraphEntry(**v) for k, v in stages.items()}
                 for p, stages in raw.pop("variants", {}).items()
             }
-            manifest = cls(graphs=graphs, variants=variants, **raw)
+            integer = raw.pop("integer_params", None)
+            manifest = cls(graphs=graphs, variants=variants,
+                           integer_params=GraphEntry(**integer) if integer else None, **raw)
         except TypeError as exc:
             raise ModelError(f"manifest has unexpected or missing fields: {exc}") from None
         if manifest.format_version != FORMAT_VERSION:
@@ -97,6 +110,10 @@ class Manifest:
             )
         if manifest.arch not in ARCH_IDS:
             raise ModelError(f"unknown architecture '{manifest.arch}' in manifest")
+        if manifest.entropy_params not in ("integer", "float"):
+            raise ModelError(f"unknown entropy-parameter path '{manifest.entropy_params}' in manifest")
+        if (manifest.entropy_params == "integer") != (manifest.integer_params is not None):
+            raise ModelError("manifest's entropy_params and integer_params disagree; re-export the model")
         return manifest
 
     @classmethod

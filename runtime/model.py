@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -10,7 +10,9 @@ from ckbd.errors import ModelError
 from ckbd.runtime.backend import Backend, Runner, create_backend
 from ckbd.runtime.coder import IndexedCoder
 from ckbd.runtime.entropy_tables import EntropyTables
+from ckbd.runtime.integrity import verify_file
 from ckbd.runtime.manifest import Manifest
+from ckbd.runtime.memory import MemoryBudget
 from ckbd.runtime.stages import ALL_STAGES, STAGE_IO
 
 
@@ -31,6 +33,8 @@ class CodecModel:
     z_coder: IndexedCoder
     runners: dict[str, Runner]
     backend_name: str
+    #: Peak-memory budget that decides whole-image or tiled transforms (see ckbd.runtime.memory).
+    memory: MemoryBudget = field(default_factory=MemoryBudget)
 
     @classmethod
     def from_parts(cls, manifest: Manifest, y_tables: EntropyTables, z_tables: EntropyTables,
@@ -50,6 +54,11 @@ class CodecModel:
         if model_dir.is_file():
             raise ModelError(f"{model_dir} is a file; export it first (ckbd export {model_dir} -o DIR)")
         manifest = Manifest.load(model_dir)
+        # The graphs are checked by the backend that loads them; the tables here.
+        for name, sha256 in manifest.tables_sha256.items():
+            verify_file(model_dir / name, sha256)
+        if manifest.integer_params is not None:
+            verify_file(model_dir / manifest.integer_params.file, manifest.integer_params.sha256)
         engine = create_backend(backend, **backend_options) if isinstance(backend, str) else backend
         runners = {stage: engine.load(model_dir, stage) for stage in stages}
         return cls.from_parts(manifest, EntropyTables.load(model_dir / manifest.y_tables),

@@ -1,4 +1,11 @@
-"""ONNX Runtime backend: the embedded default (CPU provider), CUDA provider with onnxruntime-gpu."""
+"""ONNX Runtime backend: the embedded default (CPU provider), CUDA provider with onnxruntime-gpu.
+
+The CUDA provider is configured so that the same graph gives the same numbers in every session of a
+machine: TF32 off, and convolution algorithms chosen without timing (``EXHAUSTIVE``, the provider's
+default, benchmarks algorithms per session, so an encoder and a decoder session could compute scale
+indexes with different kernels). On the integer entropy-parameter path the index-deciding graphs run
+on the CPU provider even in a CUDA backend: exactness is only relied on there.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +14,44 @@ from pathlib import Path
 
 import numpy as np
 
-from ckbd.errors import MissingDependencyError, ModelError
+from ckbd.errors import CkbdError, ModelError, ResourceError
 from ckbd.runtime.backend import Tensor, to_host
+from ckbd.runtime.bitstream import INTEGER_PATH
+from ckbd.runtime.integrity import verify_file
 from ckbd.runtime.manifest import Manifest
-from ckbd.runtime.stages import TensorSpec
+from ckbd.runtime.stages import INDEX_STAGES, TensorSpec
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(int32)": "int32", "tensor(uint8)": "uint8",
               "tensor(float16)": "float16", "tensor(int64)": "int64"}
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+
+def exact_cpu_stage(manifest: Manifest, stage: str) -> bool:
+    """Whether a GPU backend must run ``stage`` on ONNX Runtime's CPU provider instead.
+
+    True for the index-deciding graphs of an integer-path model: they must give bit-identical results
+    on every machine, which no TF32/FP16/auto-tuned GPU kernel promises.
+    """
+    return manifest.entropy_params == INTEGER_PATH and stage in INDEX_STAGES
+
+
+def cuda_provider_options(stage: str, device_id: int = 0) -> dict[str, str]:
+    """CUDA provider options for ``stage``: no TF32, convolution algorithms picked without timing.
+
+    Index-deciding graphs get cuDNN's fixed default algorithm, so the choice cannot depend on a
+    heuristic that differs between cuDNN versions; the others take the heuristic's (faster) pick.
+    """
+    search = "DEFAULT" if stage in INDEX_STAGES else "HEURISTIC"
+    return {"device_id": str(device_id), "use_tf32": "0", "cudnn_conv_algo_search": search}
+
+
+_OUT_OF_MEMORY = "out of memory: ONNX Runtime could not allocate a buffer (std::bad_alloc)"
+
+
+def _is_allocation_failure(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "bad_alloc" in text or "failed to allocate" in text or "out of memory" in text
 
 
 def _specs(args: list) -> tuple[TensorSpec, ...]:  # type: ignore[type-arg]
@@ -32,48 +70,98 @@ class OrtRunner:
         self.outputs = _specs(session.get_outputs())  # type: ignore[attr-defined]
         self._names = [o.name for o in self.outputs]
 
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session actually runs on (ORT falls back silently)."""
+        return list(self._session.get_providers())  # type: ignore[attr-defined]
+
     def run(self, feeds: Mapping[str, Tensor], keep: Collection[str] = ()) -> dict[str, Tensor]:
         host = {name: np.ascontiguousarray(to_host(value)) for name, value in feeds.items()}
-        results = self._session.run(self._names, host)  # type: ignore[attr-defined]
+        try:
+            results = self._session.run(self._names, host)  # type: ignore[attr-defined]
+        except MemoryError:  # pybind11's translation of std::bad_alloc
+            raise ResourceError(_OUT_OF_MEMORY) from None
+        except Exception as exc:  # ORT's RuntimeException for a failed allocation
+            if not _is_allocation_failure(exc):
+                raise
+            raise ResourceError(_OUT_OF_MEMORY) from None
         return dict(zip(self._names, results))
+
+
+#: ``optimization`` names -> ONNX Runtime's GraphOptimizationLevel members.
+OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+                       "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
 class OnnxRuntimeBackend:
     """Loads stage graphs into ONNX Runtime sessions.
 
-    ``threads`` sets intra-op parallelism (0: ORT's default, all cores). ``device="cuda"`` asks
-    for the CUDA execution provider, which only onnxruntime-gpu has.
+    ``threads`` sets intra-op parallelism (0: ORT's default, all cores). ``device="cuda"`` (or
+    ``"cuda:N"``) asks for the CUDA execution provider, which only onnxruntime-gpu has.
+    ``optimization`` is ORT's graph optimisation level (one of :data:`OPTIMIZATION_LEVELS`); the
+    determinism check decodes at every level.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, device: str = "cpu", threads: int = 0, precision: str = "fp32") -> None:
+    def __init__(self, device: str = "cpu", threads: int = 0, precision: str = "fp32",
+                 optimization: str = "all") -> None:
         import onnxruntime as ort
 
+        if optimization not in OPTIMIZATION_LEVELS:
+            raise ModelError(f"unknown ONNX Runtime optimisation level '{optimization}' "
+                             f"({', '.join(OPTIMIZATION_LEVELS)})")
         self._ort = ort
         self.precision = precision
-        self.providers = self._providers(device)
+        self.device_id = self._cuda_device(device)
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # fatal only: failures come back as exceptions, reported in one line
+        # Without the arena, a stage's working memory goes back to the system when it returns, so
+        # the peak of a decode is the largest stage, not the sum of every stage's high-water mark
+        # (measured: latent synthesis 300 instead of 460 bytes/pixel, no slower; see ckbd.runtime.memory).
+        options.enable_cpu_mem_arena = False
+        options.use_deterministic_compute = self.device_id is not None
         self.options = options
 
-    def _providers(self, device: str) -> list[str]:
+    def _cuda_device(self, device: str) -> int | None:
+        """None for the CPU; the CUDA device index for ``cuda``/``cuda:N``."""
         if device == "cpu":
-            return ["CPUExecutionProvider"]
-        if device == "cuda":
-            if "CUDAExecutionProvider" not in self._ort.get_available_providers():
-                raise MissingDependencyError("onnxruntime-gpu", "gpu", "ONNX Runtime on CUDA")
-            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        raise ModelError(f"unknown ONNX Runtime device '{device}' (cpu or cuda)")
+            return None
+        kind, _, index = device.partition(":")
+        if kind != "cuda" or not (index.isdigit() or index == ""):
+            raise ModelError(f"unknown ONNX Runtime device '{device}' (cpu, cuda or cuda:N)")
+        if CUDA_PROVIDER not in self._ort.get_available_providers():
+            # Not an extra: onnxruntime-gpu replaces onnxruntime (both install the same module).
+            raise CkbdError(
+                f"onnxruntime {self._ort.__version__} has no CUDA provider; for ONNX Runtime on CUDA replace it "
+                "with onnxruntime-gpu (pip uninstall onnxruntime && pip install onnxruntime-gpu)"
+            )
+        return int(index or 0)
+
+    def providers_for(self, manifest: Manifest, stage: str) -> list[str | tuple[str, dict[str, str]]]:
+        """The provider list a session of ``stage`` is created with."""
+        if self.device_id is None or exact_cpu_stage(manifest, stage):
+            return [CPU_PROVIDER]
+        return [(CUDA_PROVIDER, cuda_provider_options(stage, self.device_id)), CPU_PROVIDER]
 
     def load(self, model_dir: Path, stage: str) -> OrtRunner:
-        path = Manifest.load(model_dir).graph_path(Path(model_dir), stage, self.precision)
+        manifest = Manifest.load(model_dir)
+        entry = manifest.graph_entry(Path(model_dir), stage, self.precision)
+        path = Path(model_dir) / entry.file
+        verify_file(path, entry.sha256)
+        providers = self.providers_for(manifest, stage)
         try:
-            session = self._ort.InferenceSession(str(path), sess_options=self.options, providers=self.providers)
+            session = self._ort.InferenceSession(str(path), sess_options=self.options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types for unreadable graphs
             raise ModelError(f"cannot load {path}: {str(exc).splitlines()[0]}") from None
-        return OrtRunner(session)
+        runner = OrtRunner(session)
+        if len(providers) > 1 and CUDA_PROVIDER not in runner.providers:
+            raise CkbdError(
+                f"ONNX Runtime could not start its CUDA provider for {stage} and fell back to the CPU; "
+                "check that the CUDA and cuDNN libraries onnxruntime-gpu needs are installed and a GPU is visible"
+            )
+        return runner

@@ -21,6 +21,8 @@ LATENT_SYNTHESIS = "latent_synthesis"
 
 DECODER_STAGES = (HYPER_SYNTHESIS, ANCHOR_PARAMS, NONANCHOR_PARAMS, LATENT_SYNTHESIS)
 ALL_STAGES = (ANALYSIS, *DECODER_STAGES)
+#: Stages whose outputs decide the scale indexes the bitstream depends on.
+INDEX_STAGES = (HYPER_SYNTHESIS, ANCHOR_PARAMS, NONANCHOR_PARAMS)
 
 
 @dataclass(frozen=True)

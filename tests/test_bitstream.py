@@ -44,7 +44,7 @@ FIELDS = (
 def raw_file(payload: bytes = b"", /, **overrides: int | bytes) -> bytes:
     """A file with a correct header CRC, so checks after the CRC can be reached."""
     fields: dict[str, int | bytes] = {
-        "magic": b"CKBD", "version": 1, "arch": ARCH_ID, "flags": 0,
+        "magic": b"CKBD", "version": 2, "arch": ARCH_ID, "flags": 0,
         "fp": bytes.fromhex(FP_HEX[:16]), "height": 100, "width": 150,
         "M": 192, "y_h": 8, "y_w": 12, "N": 128, "z_h": 2, "z_w": 3,
         "z_len": 0, "a_len": 0, "na_len": len(payload), "symbols_crc": 0,
@@ -160,7 +160,22 @@ def test_fewer_bytes_than_a_header(n: int) -> None:
 
 def test_unsupported_version() -> None:
     data = SAMPLE[:4] + bytes([7]) + SAMPLE[5:]
-    rejects(data, r"^format version 7 is not supported; this ckbd reads version 1$")
+    rejects(data, r"^format version 7 is not supported; this ckbd reads versions 1, 2$")
+
+
+def test_version_1_has_no_flags_and_version_2_knows_the_integer_flag() -> None:
+    assert unpack(raw_file(version=1)).header.entropy_params == "float"
+    rejects(raw_file(version=1, flags=1), r"^unknown flags 0x01; this file needs a newer ckbd$")
+    assert unpack(raw_file(version=2, flags=1)).header.entropy_params == "integer"
+    assert unpack(raw_file(version=2, flags=0)).header.entropy_params == "float"
+    rejects(raw_file(version=2, flags=2), r"^unknown flags 0x02; this file needs a newer ckbd$")
+
+
+def test_entropy_parameter_path_mismatch_says_what_to_do() -> None:
+    header = unpack(raw_file(version=2, flags=1)).header
+    with pytest.raises(ModelMismatchError, match="integer entropy-parameter path.*--entropy-params integer"):
+        check_model(header, ARCH_ID, FP_HEX, 128, 192, entropy_params="float")
+    check_model(header, ARCH_ID, FP_HEX, 128, 192, entropy_params="integer")
 
 
 def test_every_flipped_header_bit_is_caught() -> None:
@@ -216,7 +231,7 @@ def test_inconsistent_latent_shape(overrides: dict[str, int]) -> None:
     rejects(raw_file(**overrides), "^inconsistent header: latent sizes")
 
 
-@pytest.mark.parametrize("flags", [1, 0x80, 0xFF])
+@pytest.mark.parametrize("flags", [2, 0x80, 0xFF])
 def test_unknown_flags(flags: int) -> None:
     rejects(raw_file(flags=flags), f"^unknown flags 0x{flags:02x}")
 
@@ -250,7 +265,7 @@ def test_pack_refuses_a_header_unpack_would_reject() -> None:
     good = sample()
     for bad in (
         replace(good.header, y_h=good.header.y_h + 4),
-        replace(good.header, flags=1),
+        replace(good.header, flags=2),
         replace(good.header, arch_id=99),
         replace(good.header, fingerprint=b"short"),
         replace(good.header, M=70000),

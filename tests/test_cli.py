@@ -48,7 +48,7 @@ def test_train_help():
 
 def test_user_error_is_one_line_without_traceback(tmp_path):
     result = run_ckbd("train", "--data", str(tmp_path / "nonexistent"), "-o", str(tmp_path / "x.pt"), cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a folder named on the command line that does not exist: usage
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and "nonexistent" in lines[0]
@@ -58,7 +58,7 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
 
 def test_bad_crop_is_a_user_error(tmp_path):
     result = run_ckbd("train", "--data", str(tmp_path), "--crop", "100", "-o", str(tmp_path / "x.pt"))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().startswith("error: ") and "multiple of 64" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -68,7 +68,13 @@ def test_debug_shows_the_traceback(tmp_path):
     result = run_ckbd("train", "--data", str(tmp_path / "nonexistent"), "-o", str(tmp_path / "x.pt"),
                       env={"CKBD_DEBUG": "1"})
     assert result.returncode != 0
-    assert "Traceback" in result.stderr and "CkbdError" in result.stderr
+    assert "Traceback" in result.stderr and "ckbd.errors.UsageError" in result.stderr
+
+
+def test_debug_after_the_command_shows_the_traceback(tmp_path):
+    result = run_ckbd("train", "--data", str(tmp_path / "nonexistent"), "-o", str(tmp_path / "x.pt"), "--debug")
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "ckbd.errors.UsageError" in result.stderr
 
 
 def test_usage_error_exit_code():

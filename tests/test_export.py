@@ -361,15 +361,21 @@ def _cli(argv: list[str]) -> int:
     return int(exit_info.value.code or 0)
 
 
-def test_cli_exports_a_saved_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_exports_a_saved_checkpoint(tmp_path: Path, image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     checkpoint = tmp_path / "tiny.pt"
     save_checkpoint(checkpoint, tiny_model("cheng2020-ckbd", 16, 16, "even"))
     out = tmp_path / "model"
-    code = _cli(["export", str(checkpoint), "-o", str(out), "--stages", "anchor_params,latent_synthesis"])
+    code = _cli(["export", str(checkpoint), "-o", str(out), "--stages", "anchor_params,latent_synthesis",
+                 "--calibration-images", str(image_folder)])
     printed = capsys.readouterr().out
     assert code == 0, printed
     manifest = Manifest.load(out)
     assert list(manifest.graphs) == ["anchor_params", "latent_synthesis"]
+    assert manifest.entropy_params == "integer" and (out / "entropy_params.npz").is_file()
+    float_out = tmp_path / "float"
+    assert _cli(["export", str(checkpoint), "-o", str(float_out), "--entropy-params", "float"]) == 0
+    assert Manifest.load(float_out).entropy_params == "float"
+    assert _cli(["export", str(checkpoint), "-o", str(float_out), "--entropy-params", "fixed"]) == 2
     for entry in manifest.graphs.values():
         assert entry.file in printed and entry.sha256[:16] in printed
 

@@ -66,3 +66,86 @@ def test_oversized_image_refused_before_decoding(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(imageio, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(ImageError, match="pixel limit"):
         read_image(path)
+
+
+def test_float_image_in_unit_range_is_scaled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    values = np.array([[0.0, 0.5, 1.0]], dtype=np.float32)
+    path = _save(tmp_path, "float.tiff", Image.fromarray(values))
+    image = read_image(path)
+    assert image[0, :, 1].tolist() == [0, 128, 255]
+    assert "float image read as [0, 1]" in capsys.readouterr().err
+
+
+def test_float_image_outside_unit_range_says_it_clipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _save(tmp_path, "float.tiff", Image.fromarray(np.array([[0.0, 200.0]], dtype=np.float32)))
+    assert read_image(path)[0, :, 0].tolist() == [0, 255]
+    assert "clipped" in capsys.readouterr().err
+
+
+def test_exif_orientation_is_applied_with_a_notice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = np.zeros((4, 8, 3), np.uint8)
+    data[0, 0] = 255  # a white top-left corner marks the orientation
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.png"
+    Image.fromarray(data).save(path, exif=exif)
+    image = read_image(path)
+    assert image.shape == (8, 4, 3)
+    assert image[0, -1].tolist() == [255, 255, 255]
+    assert "EXIF orientation 6 applied" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [("anim.gif", {}), ("pages.tiff", {}), ("anim.webp", {"lossless": True})])
+def test_multi_frame_input_keeps_the_first_frame_with_a_notice(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              name: str, kwargs: dict) -> None:
+    frames = [Image.new("RGB", (8, 6), (200 * (i == 0), 40 * i, 0)) for i in range(3)]
+    path = tmp_path / name
+    frames[0].save(path, save_all=True, append_images=frames[1:], **kwargs)
+    image = read_image(path)
+    assert image[0, 0, 0] > 150  # the first frame
+    assert "3 frames or pages; only the first is encoded" in capsys.readouterr().err
+
+
+def test_padded_size_counts_for_the_pixel_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ckbd.runtime.imageio as imageio
+
+    path = _save(tmp_path, "strip.png", Image.new("RGB", (65, 1)))  # 65 pixels, 128x64 once padded
+    monkeypatch.setattr(imageio, "MAX_IMAGE_PIXELS", 64 * 64)
+    with pytest.raises(ImageError, match="padded"):
+        read_image(path)
+
+
+@pytest.mark.parametrize(("suffix", "reason"), [(".jpg", "lossily"), (".gif", "256 colours"), (".ico", "256x256")])
+def test_lossy_output_formats_need_to_be_named(suffix: str, reason: str) -> None:
+    from ckbd.runtime.imageio import output_format
+
+    with pytest.raises(ImageError, match=reason):
+        output_format(Path("x" + suffix))
+    assert output_format(Path("x" + suffix), suffix[1:]).name in ("JPEG", "GIF", "ICO")
+
+
+def test_lossless_output_formats_round_trip(tmp_path: Path) -> None:
+    from ckbd.runtime.imageio import output_format
+
+    data = np.random.default_rng(2).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    for suffix in (".png", ".webp", ".tiff", ".bmp", ".ppm", ""):
+        path = tmp_path / f"x{suffix}"
+        write_image(path, data)
+        assert output_format(path).name in ("PNG", "WEBP", "TIFF", "BMP", "PPM")
+        assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), data), suffix
+
+
+def test_unreadable_files_on_the_command_line_fail_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ckbd.cli.main import main
+
+    monkeypatch.setenv("CKBD_CACHE_DIR", str(tmp_path / "cache"))
+    good = _save(tmp_path, "good.png", Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 48, 3),
+                                                                                         dtype=np.uint8)))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    code = main(["--quiet", "encode", str(tmp_path / "missing.png"), str(tmp_path / "bad.png"), str(good),
+                 "-o", str(tmp_path / "out")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "missing.png: no such file" in err and "bad.png: not an image" in err
+    assert (tmp_path / "out" / "good.ckbd").exists()

@@ -62,7 +62,7 @@ def test_optional_backends_import_lazily() -> None:
         try:
             create_backend("tensorrt")
         except MissingDependencyError as exc:
-            assert "ckbd[gpu]" in str(exc), exc
+            assert "'.[gpu]'" in str(exc), exc
         else:
             raise SystemExit("tensorrt backend created without tensorrt")
     """)

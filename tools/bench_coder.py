@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
+from ckbd.progress import progress as progress_bar
 from ckbd.runtime import grouping
 from ckbd.runtime.coder import IndexedCoder
 from ckbd.runtime.entropy_tables import (
@@ -71,7 +70,7 @@ def run_coder_benchmark(
     if not np.array_equal(coder.decode(data, indexes), values):
         raise RuntimeError("entropy coder round trip failed")  # a bug, not a user error
     enc_times, dec_times = [], []
-    for _ in tqdm(range(repeats), desc="bench coder", file=sys.stderr, disable=not progress):
+    for _ in progress_bar(range(repeats), desc="bench coder", unit="run", enabled=progress):
         t_enc, data = _timed(coder.encode, values, indexes)
         t_dec, _ = _timed(coder.decode, data, indexes)
         enc_times.append(t_enc)

@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from ckbd.errors import CkbdError, require
+from ckbd.progress import progress as progress_bar
 from ckbd.runtime.profiling import (
     DECODE_STAGES,
     ENCODE_STAGES,
@@ -545,8 +545,8 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         notes.append(compressai_note)
         results: dict[str, CodecResult] = {}
         decoded: dict[str, np.ndarray] = {}
-        with tqdm(total=len(codecs) * len(images), desc="bench codecs", unit="image", file=sys.stderr,
-                  disable=not config.progress) as bar:
+        with progress_bar(total=len(codecs) * len(images), desc="bench codecs", unit="image",
+                          enabled=config.progress) as bar:
             for codec in codecs:
                 bar.set_postfix_str(codec.name)
                 results[codec.name], decoded[codec.name] = time_codec(codec, images, config.repeat,

@@ -1,167 +1,46 @@
-"""End-to-end TensorRT check for a GPU machine.
+"""The one check a machine with a GPU runs: every GPU backend present, against the CPU.
 
-    python -m ckbd.tools.gpu_check MODEL_DIR --images DIR [--device 0] [--limit N] [--repeat N]
+    python -m ckbd.tools.gpu_check [MODEL_DIR] [--images DIR] [--json FILE] [--checkpoint CKPT]
 
-1. builds the engines at every precision the model directory has graphs for;
-2. encodes and decodes every image with ONNX Runtime and with TensorRT at each precision;
-3. checks that TensorRT-encoded streams decode with TensorRT deterministically and at the quality
-   ONNX Runtime reaches (a scale-index mismatch between encoder and decoder shows up as a collapse
-   in PSNR), and reports whether streams and cross-backend decodes agree;
-4. prints a per-stage latency table.
+1. encodes and decodes every image on ONNX Runtime's CPU provider (the reference);
+2. builds the TensorRT engines at every precision the model has graphs for, when TensorRT is
+   installed (shared fp32 engines once; a failed build is a row of the report, not a crash);
+3. decodes the CPU-encoded streams on every GPU backend present: TensorRT per precision, ONNX
+   Runtime's CUDA provider, torch on CUDA (from ``--checkpoint``, default: the shipped checkpoint for
+   the shipped model), and runs the index-deciding stages on the CPU's own inputs;
+4. prints, per backend: images decoded, scale-index flips per stage, PSNR (vs the original and vs
+   the CPU decode), median latency per stage, and which executor ran each stage; writes one JSON.
 
-Per-stage times come from ``ckbd.runtime.profiling`` through the codec's ``*_detailed`` calls when
-both exist (every TensorRT run ends with a stream synchronisation, so a stage's wall time is its
-latency); otherwise only whole encode/decode calls are timed. Beyond that the codec is used only
-through ``Encoder.open``/``Decoder.open``, ``encode`` and ``decode``.
-Exit status: 0 when every check passes, 1 otherwise.
+It uses whatever subset is installed and stays within ``--budget-s`` (default 420 s) of decoding:
+images beyond it are counted as skipped. Exit status 0 when every backend opened and decoded every
+image it ran (on the integer entropy-parameter path: with no index flip), 1 otherwise or when no
+GPU backend was found. ``--include-cpu`` adds the CPU backends as targets (a dry run without a GPU).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
+import platform
 import sys
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ckbd.engines.builder import ImageSize, SizeProfile
+from ckbd.engines.profiles import ImageSize, SizeProfile
 from ckbd.errors import CkbdError
-from ckbd.tools.metrics import psnr
+from ckbd.runtime.bitstream import INTEGER_PATH
+from ckbd.runtime.stages import DECODER_STAGES, INDEX_STAGES
+from ckbd.tools.gpu_compare import Reference, Target, TargetResult, evaluate, make_reference, one_line
+from ckbd.tools.gpu_targets import discover, tensorrt_missing
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
-
-
-# --- timing ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Timings:
-    """Milliseconds per call, by stage name (plus ``encode``/``decode`` for whole images)."""
-
-    samples: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-
-    def add(self, key: str, ms: float) -> None:
-        self.samples[key].append(ms)
-
-    def median_ms(self, key: str) -> float | None:
-        values = self.samples.get(key)
-        return statistics.median(values) if values else None
-
-    def clear(self) -> None:
-        self.samples.clear()
-
-
-def _stage_timer() -> Any | None:
-    """A fresh ``ckbd.runtime.profiling.StageTimer`` when that module exists, else None."""
-    try:
-        from ckbd.runtime.profiling import StageTimer
-    except ImportError:
-        return None
-    return StageTimer()
-
-
-# --- codec runs ------------------------------------------------------------------------------
-
-
-@dataclass
-class Config:
-    """One way of running the codec: a backend, its options and where its times go.
-
-    Per-stage times come from the codec's ``StageTimer`` (``encode_detailed``/``decode_detailed``)
-    when the codec offers it; otherwise only whole encode/decode calls are timed here.
-    """
-
-    label: str
-    backend: str
-    options: dict[str, Any]
-    timings: Timings = field(default_factory=Timings)
-    encoder: Any = None
-    decoder: Any = None
-
-    def open(self, model_dir: Path) -> None:
-        from ckbd.runtime.codec import Decoder, Encoder
-
-        self.encoder = Encoder.open(model_dir, backend=self.backend, **self.options)
-        self.decoder = Decoder.open(model_dir, backend=self.backend, **self.options)
-
-    def encode(self, image: np.ndarray) -> bytes:
-        return bytes(self._run(self.encoder, "encode", image, lambda r: r.data))
-
-    def decode(self, data: bytes) -> np.ndarray:
-        return np.asarray(self._run(self.decoder, "decode", data, lambda r: r.image))
-
-    def _run(self, codec: Any, method: str, arg: Any, unpack: Callable[[Any], Any]) -> Any:
-        timer = _stage_timer()
-        detailed = getattr(codec, f"{method}_detailed", None)
-        start = time.perf_counter()
-        if timer is not None and detailed is not None:
-            result = unpack(detailed(arg, timer))
-        else:
-            result = getattr(codec, method)(arg)
-        self.timings.add(method, (time.perf_counter() - start) * 1e3)
-        for stage, ms in getattr(timer, "times_ms", {}).items():
-            self.timings.add(stage, ms)
-        return result
-
-
-@dataclass
-class ImageResult:
-    image: str
-    config: str
-    psnr: float  # TensorRT stream decoded by TensorRT, vs the original
-    reference_psnr: float  # ONNX Runtime stream decoded by ONNX Runtime, vs the original
-    deterministic: bool  # two TensorRT decodes (and encodes) gave identical results
-    same_bytes: bool  # TensorRT and ONNX Runtime produced the same stream
-    cross_psnr: float  # TensorRT stream: TensorRT decode vs ONNX Runtime decode
-    error: str = ""
-
-    def passed(self, tolerance_db: float) -> bool:
-        quality_kept = self.psnr >= self.reference_psnr - tolerance_db
-        return not self.error and self.deterministic and quality_kept
-
-
-@dataclass
-class Reference:
-    """ONNX Runtime's stream and quality for one image, computed once."""
-
-    data: bytes
-    psnr: float
-
-
-def reference_for(image: np.ndarray, reference: Config) -> Reference:
-    data = reference.encode(image)
-    return Reference(data, psnr(image, reference.decode(data)))
-
-
-def check_image(
-    name: str, image: np.ndarray, ref: Reference, reference: Config, config: Config
-) -> ImageResult:
-    """Encode/decode one image with ``config`` and compare with the ONNX Runtime reference."""
-    try:
-        data = config.encode(image)
-        decoded = config.decode(data)
-        deterministic = config.encode(image) == data and np.array_equal(
-            config.decode(data), decoded
-        )
-        cross = reference.decode(data)
-    except Exception as exc:  # a diagnostic run reports every failure instead of stopping
-        nan, error = float("nan"), f"{type(exc).__name__}: {exc}"
-        return ImageResult(name, config.label, nan, ref.psnr, False, False, nan, error)
-    return ImageResult(
-        name,
-        config.label,
-        psnr(image, decoded),
-        ref.psnr,
-        deterministic,
-        data == ref.data,
-        psnr(decoded, cross),
-    )
+CHECKOUT_IMAGES = Path(__file__).resolve().parent.parent / "tests" / "data"
+TIMED = ("decode", "z_decode", *DECODER_STAGES, "anchor_decode", "nonanchor_decode")
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -170,6 +49,8 @@ def check_image(
 def load_images(folder: Path, limit: int | None = None) -> list[tuple[str, np.ndarray]]:
     from PIL import Image
 
+    if not Path(folder).is_dir():
+        raise CkbdError(f"image folder {folder} does not exist")
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise CkbdError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
@@ -181,12 +62,64 @@ def load_images(folder: Path, limit: int | None = None) -> list[tuple[str, np.nd
 
 
 def profile_for(images: Sequence[tuple[str, np.ndarray]]) -> SizeProfile:
-    """A size profile covering every image, tuned for the most common size."""
+    """A size profile covering every image, tuned for the most common size (short builds)."""
     sizes = [ImageSize(img.shape[0], img.shape[1]).padded() for _, img in images]
     heights, widths = [s.height for s in sizes], [s.width for s in sizes]
     opt = Counter(sizes).most_common(1)[0][0]
     low, high = ImageSize(min(heights), min(widths)), ImageSize(max(heights), max(widths))
     return SizeProfile(low, opt, high)
+
+
+def environment() -> dict[str, str]:
+    """Versions of everything that decides the numbers, as far as it is installed."""
+    import onnxruntime as ort
+
+    env = {
+        "python": platform.python_version(),
+        "machine": platform.platform(),
+        "onnxruntime": f"{ort.__version__} ({', '.join(ort.get_available_providers())})",
+    }
+    try:
+        import torch
+
+        cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
+        env["torch"] = f"{torch.__version__} (CUDA {torch.version.cuda}; {cuda})"
+    except ImportError:
+        env["torch"] = "not installed"
+    if tensorrt_missing() is None:
+        from ckbd.engines import tensorrt_version
+
+        env["tensorrt"] = tensorrt_version()
+    return env
+
+
+# --- building --------------------------------------------------------------------------------
+
+
+def build_sets(
+    model_dir: Path, precisions: Sequence[str], profile: SizeProfile, device: int
+) -> tuple[tuple[str, ...], dict[str, dict[str, Any]]]:
+    """Build each precision set; returns the sets that built and a report per set."""
+    from ckbd.engines.builder import BuildOptions, build_engines
+
+    built, report = [], {}
+    for precision in precisions:
+        start = time.perf_counter()
+        try:
+            results = build_engines(
+                model_dir, BuildOptions(precision=precision, profile=profile, device=device)
+            )
+        except Exception as exc:  # a failed set is reported, the others still run
+            report[precision] = {"ok": False, "error": one_line(exc)}
+            continue
+        report[precision] = {
+            "ok": True,
+            "seconds": round(time.perf_counter() - start, 1),
+            "built": [r.engine.name for r in results if not r.reused],
+            "shared": [r.engine.name for r in results if r.reused],
+        }
+        built.append(precision)
+    return tuple(built), report
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -201,121 +134,146 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+def _num(value: float | int | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def latency_table(configs: Sequence[Config]) -> str:
-    """Median milliseconds per stage (in the order first seen) and per whole encode/decode."""
-    seen = dict.fromkeys(
-        k for c in configs for k in c.timings.samples if k not in ("encode", "decode")
-    )
-    keys = [*seen, "encode", "decode"]
-    rows = [[key, *(_ms(c.timings.median_ms(key)) for c in configs)] for key in keys]
-    return format_table(["median ms", *(c.label for c in configs)], rows)
-
-
-def results_table(results: Sequence[ImageResult], tolerance_db: float) -> str:
-    rows = [
-        [
-            r.image,
-            r.config,
-            f"{r.psnr:.2f}",
-            f"{r.reference_psnr:.2f}",
-            "yes" if r.deterministic else "NO",
-            "yes" if r.same_bytes else "no",
-            f"{r.cross_psnr:.1f}",
-            "ok" if r.passed(tolerance_db) else f"FAIL {r.error}".strip(),
-        ]
-        for r in results
-    ]
-    headers = [
-        "image",
-        "engines",
-        "PSNR trt",
-        "PSNR ort",
-        "determ.",
-        "same bytes",
-        "trt~ort dec",
-        "",
-    ]
+def summary_table(results: Sequence[TargetResult]) -> str:
+    rows = []
+    for r in results:
+        if r.error:
+            rows.append([r.label, "-", "-", "-", "-", "-", "-", f"not opened: {r.error}"])
+            continue
+        notes = [o.error for o in r.outcomes if o.error][:1] + r.stage_errors()[:1]
+        if r.skipped:
+            notes.append(f"{r.skipped} skipped (time budget)")
+        rows.append([
+            r.label,
+            f"{r.decoded}/{len(r.outcomes)}",
+            *(_num(r.flips(s)) for s in INDEX_STAGES[1:]),
+            _num(r.mean_psnr("psnr")),
+            "identical" if r.outcomes and all(o.identical_to_cpu for o in r.outcomes)
+            else _num(r.mean_psnr("psnr_vs_cpu")),
+            _num(r.median_ms("decode")),
+            "; ".join(notes),
+        ])
+    headers = ["backend", "decoded", "anchor flips", "nonanchor flips", "PSNR dB", "vs CPU dB",
+               "decode ms", "notes"]
     return format_table(headers, rows)
+
+
+def latency_table(results: Sequence[TargetResult]) -> str:
+    """Median milliseconds per stage (rows) and backend (columns)."""
+    shown = [r for r in results if not r.error]
+    keys = [k for k in TIMED if any(k in r.samples_ms for r in shown)]
+    rows = [[key, *(_num(r.median_ms(key)) for r in shown)] for key in keys]
+    return format_table(["median ms", *(r.label for r in shown)], rows)
+
+
+def routing_table(results: Sequence[TargetResult]) -> str:
+    shown = [r for r in results if r.routing]
+    rows = [[stage, *(r.routing.get(stage, "-") for r in shown)] for stage in DECODER_STAGES]
+    return format_table(["stage runs on", *(r.label for r in shown)], rows)
+
+
+def index_diff_table(results: Sequence[TargetResult]) -> str:
+    """Largest |difference| of each index stage's float output against the CPU."""
+    shown = [r for r in results if r.outcomes]
+    rows = []
+    for stage in INDEX_STAGES:
+        cells = []
+        for r in shown:
+            diffs = [o.stages[stage].max_abs_diff for o in r.outcomes if stage in o.stages]
+            known = [d for d in diffs if d is not None]
+            cells.append(f"{max(known):.3g}" if known else "-")
+        rows.append([stage, *cells])
+    return format_table(["max |diff| vs CPU", *(r.label for r in shown)], rows)
 
 
 # --- main ------------------------------------------------------------------------------------
 
 
-def _environment(device: int) -> str:
-    from ckbd.engines import tensorrt_version
-    from ckbd.engines.cuda_memory import open_cuda
-
-    api = open_cuda(device)
-    gpu = api.device_properties()
-    return (
-        f"TensorRT {tensorrt_version()} | GPU {device}: {gpu.name} "
-        f"(compute {gpu.compute_capability_str}) | CUDA via {api.name}"
-    )
+def run_targets(
+    targets: Sequence[Target], references: Sequence[Reference], repeat: int, budget_s: float
+) -> list[TargetResult]:
+    deadline = time.monotonic() + budget_s
+    return [evaluate(t, references, repeat, deadline) for t in targets]
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from ckbd.engines import ensure_tensorrt
-    from ckbd.engines.builder import BuildOptions, available_precisions, build_engines
+    from ckbd.engines.policy import available_precisions
+    from ckbd.runtime.codec import Decoder, Encoder
     from ckbd.runtime.manifest import Manifest
+    from ckbd.runtime.model import default_model_dir
 
-    ensure_tensorrt("the GPU check")
-    print(_environment(args.device))
-    model_dir: Path = args.model_dir
+    started = time.monotonic()
+    model_dir = Path(args.model_dir) if args.model_dir else default_model_dir()
+    manifest = Manifest.load(model_dir)
     images = load_images(args.images, args.limit)
-    precisions = available_precisions(Manifest.load(model_dir))
-    if not args.no_build:
-        profile = profile_for(images)
-        for precision in precisions:
-            build_engines(
-                model_dir, BuildOptions(precision=precision, profile=profile, device=args.device)
-            )
+    env = environment()
+    print(" | ".join(f"{k} {v}" for k, v in env.items()))
+    encoder, decoder = Encoder.open(model_dir), Decoder.open(model_dir)
+    references, unusable = [], {}
+    for name, image in images:
+        try:
+            references.append(make_reference(name, image, encoder, decoder))
+        except CkbdError as exc:  # the image is left out; the CPU path has its own tests
+            unusable[name] = one_line(exc)
+    if not references:
+        raise CkbdError(f"no image could be coded on the CPU: {unusable}")
 
-    reference = Config("ort", "onnxruntime", {})
-    configs = [
-        Config(f"trt-{p}", "tensorrt", {"precision": p, "device": args.device}) for p in precisions
-    ]
-    for config in [reference, *configs]:
-        config.open(model_dir)
+    builds: dict[str, dict[str, Any]] = {}
+    trt_precisions = available_precisions(manifest)
+    if tensorrt_missing() is None and not args.no_build:
+        trt_precisions, builds = build_sets(model_dir, trt_precisions, profile_for(images), args.device)
+    found = discover(model_dir, manifest, trt_precisions, args.device, args.checkpoint, args.include_cpu)
+    budget = max(0.0, args.budget_s - (time.monotonic() - started))
+    results = run_targets(found.targets, references, args.repeat, budget)
 
-    _, first = images[0]  # warm-up: lazy CUDA/ORT initialisation is not a stage's latency
-    for config in [reference, *configs]:
-        config.decode(config.encode(first))
-        config.timings.clear()
-
-    results = []
-    for _ in range(args.repeat):
-        for name, image in images:
-            ref = reference_for(image, reference)
-            results += [check_image(name, image, ref, reference, c) for c in configs]
-    print()
-    print(results_table(results, args.tolerance_db))
-    print()
-    print(latency_table([reference, *configs]))
-    failed = [r for r in results if not r.passed(args.tolerance_db)]
-    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed")
-    return 1 if failed else 0
+    exact = manifest.entropy_params == INTEGER_PATH
+    print(f"\nmodel {model_dir} ({manifest.entropy_params} entropy parameters), {len(references)} images; "
+          f"CPU reference PSNR {np.mean([r.psnr for r in references]):.2f} dB")
+    for name, why in {**found.absent, **unusable}.items():
+        print(f"not checked: {name}: {why}")
+    for precision, build in builds.items():
+        print(f"build {precision}: " + ("ok" if build["ok"] else f"FAILED {build['error']}"))
+    for table in (summary_table, latency_table, routing_table, index_diff_table):
+        print()
+        print(table(results))
+    any_gpu = any(t.gpu for t in found.targets)
+    ok = bool(results) and all(r.passed(exact) for r in results) and (any_gpu or args.include_cpu)
+    report = {
+        "ok": ok,
+        "environment": env,
+        "model": {"dir": str(model_dir), "entropy_params": manifest.entropy_params,
+                  "fingerprint": manifest.fingerprint},
+        "images": [{"image": r.name, "shape": list(r.image.shape), "bytes": len(r.data),
+                    "cpu_psnr": r.psnr} for r in references],
+        "images_not_coded_on_cpu": unusable,
+        "builds": builds,
+        "not_checked": found.absent,
+        "backends": [r.to_dict() for r in results],
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    Path(args.json).write_text(json.dumps(report, indent=2, sort_keys=True))
+    print(f"\n{'all checks passed' if ok else 'CHECK FAILED'}; report written to {args.json}")
+    return 0 if ok else 1
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m ckbd.tools.gpu_check", description=(__doc__ or "").split("\n\n")[0]
     )
-    parser.add_argument("model_dir", type=Path, help="exported model directory")
-    parser.add_argument("--images", type=Path, required=True, help="folder of test images")
+    parser.add_argument("model_dir", type=Path, nargs="?", help="model directory (default: shipped)")
+    parser.add_argument("--images", type=Path, default=CHECKOUT_IMAGES, help="folder of test images")
+    parser.add_argument("--json", type=Path, default=Path("gpu_check.json"), help="report file")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint for torch CUDA")
     parser.add_argument("--device", type=int, default=0, help="CUDA device index")
     parser.add_argument("--limit", type=int, default=None, help="use at most this many images")
-    parser.add_argument("--repeat", type=int, default=1, help="passes over the images (for timing)")
-    parser.add_argument(
-        "--tolerance-db",
-        type=float,
-        default=1.0,
-        help="allowed PSNR loss vs ONNX Runtime (a scale-index mismatch costs far more)",
-    )
+    parser.add_argument("--repeat", type=int, default=3, help="decodes per stream (for timing)")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="time budget of the whole check")
     parser.add_argument("--no-build", action="store_true", help="use the engines already built")
+    parser.add_argument("--include-cpu", action="store_true", help="also check the CPU backends")
     return parser.parse_args(argv)
 
 

@@ -168,8 +168,7 @@ def open_codecs(model_dir: Path, threads: int) -> dict[str, Any]:
 def run_report(model_dir: Path, images: list[Path], threads: int = 1, repeats: int = 3,
                progress: bool = True) -> Int8Report:
     """Measure every image; see the module docstring for what is compared and how."""
-    from tqdm import tqdm
-
+    from ckbd.progress import progress as progress_bar
     from ckbd.runtime.manifest import Manifest
     from ckbd.tools.bench_coder import machine_info
 
@@ -179,7 +178,7 @@ def run_report(model_dir: Path, images: list[Path], threads: int = 1, repeats: i
     codecs = open_codecs(model_dir, threads)
     calibration = Manifest.load(model_dir).extra.get("calibration", {})
     report = Int8Report(str(model_dir), threads, repeats, calibration, machine=machine_info())
-    for path in tqdm(images, desc="int8 vs fp32", unit="img", disable=not progress):
+    for path in progress_bar(images, desc="int8 vs fp32", unit="img", enabled=progress):
         report.images.append(evaluate_image(path, codecs, repeats))
     return report
 
@@ -240,7 +239,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     from ckbd.calibration.data import find_images
     from ckbd.cli.options import default_kodak_dir
-    from ckbd.runtime.atomic import atomic_write_bytes
+    from ckbd.tools.jsonfile import write_json
 
     args = _parse_args(argv)
     try:
@@ -251,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_report(args.model_dir, images, args.threads, args.repeats, not args.no_progress)
         print(format_report(report))
         if args.json is not None:
-            atomic_write_bytes(args.json, (json.dumps(report.to_dict(), indent=2) + "\n").encode())
+            write_json(args.json, report.to_dict())  # an identical image's infinite PSNR is null
             print(f"wrote {args.json}")
     except CkbdError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -5,10 +5,11 @@ matplotlib is an optional extra (``ckbd[plots]``); it is imported only when a pl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from pathlib import Path
 
-from ckbd.errors import require
+from ckbd.errors import UsageError, require
 from ckbd.runtime.atomic import atomic_path
 
 
@@ -18,6 +19,23 @@ def _pyplot():  # type: ignore[no-untyped-def]
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def check_plot_path(path: Path | None, option: str = "--plot") -> None:
+    """Before any work: matplotlib is installed, writes this suffix, and the folder is writable."""
+    if path is None:
+        return
+    from ckbd.cli.options import check_writable
+
+    check_writable(path, option)
+    require("matplotlib", "plots", "Plotting")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(path).suffix.lower().lstrip(".") or "png"
+    if suffix not in formats:
+        raise UsageError(f"{option} {path}: matplotlib cannot write .{suffix} files; use one of "
+                         + ", ".join(f".{s}" for s in sorted(formats)))
 
 
 def stage_bars(rows: dict[str, dict[str, float]], stages: tuple[str, ...], path: Path, title: str) -> None:
@@ -52,6 +70,7 @@ def rd_curves(curves: dict[str, list[tuple[float, float]]], path: Path, ylabel: 
     ``references`` (e.g. the Pillow sweeps, which run to 3 bpp) are dashed, and the axes are fitted to
     the other curves so that models below 1 bpp are not squashed into a corner.
     """
+    curves = _finite(curves)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for label, points in curves.items():
@@ -69,6 +88,40 @@ def rd_curves(curves: dict[str, list[tuple[float, float]]], path: Path, ylabel: 
     ax.legend()
     fig.tight_layout()
     _save(fig, path)
+
+
+def saving_heatmap(grid: list[list[float | None]], path: Path, title: str) -> None:
+    """A grid of rate savings in % (None: the current latent), annotated, like the paper's Figure 4."""
+    import numpy as np
+
+    plt = _pyplot()
+    values = np.array([[np.nan if v is None else v for v in row] for row in grid], dtype=float)
+    fig, ax = plt.subplots(figsize=(5, 4.4))
+    image = ax.imshow(values, cmap="viridis", vmin=0.0)
+    r = len(grid) // 2
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            ax.text(j, i, "current" if v is None else f"{v:.2f}", ha="center", va="center", fontsize=8,
+                    color="black" if v is None or v > 0.6 * np.nanmax(values) else "white")
+    ax.set_xticks(range(len(grid)), [str(d) for d in range(-r, r + 1)])
+    ax.set_yticks(range(len(grid)), [str(d) for d in range(-r, r + 1)])
+    ax.set_xlabel("dx")
+    ax.set_ylabel("dy")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="rate saving (%)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _finite(curves: dict[str, list[tuple[float, float]]]) -> dict[str, list[tuple[float, float]]]:
+    """The curves without points that cannot be drawn (a lossless result's infinite PSNR), said once."""
+    kept = {label: [p for p in pts if all(math.isfinite(v) for v in p)] for label, pts in curves.items()}
+    dropped = sum(map(len, curves.values())) - sum(map(len, kept.values()))
+    if dropped:
+        from ckbd.progress import notice
+
+        notice(f"{dropped} lossless point(s) (infinite PSNR) left out of the plot")
+    return {label: pts for label, pts in kept.items() if pts}
 
 
 def _fitted_axes(focus: list[tuple[float, float]], every: list[tuple[float, float]]

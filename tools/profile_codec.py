@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
+from ckbd.progress import progress
 from ckbd.runtime.codec import Decoder, Encoder
+from ckbd.runtime.memory import peak_resident_bytes, reset_peak
 from ckbd.runtime.profiling import (
     DECODE_STAGES,
     ENCODE_STAGES,
@@ -30,6 +31,8 @@ class ImageProfile:
     psnr: float
     decode_ms: dict[str, float]
     encode_ms: dict[str, float]
+    encode_peak_rss: int = 0  # bytes: the process's peak resident set while encoding this image
+    decode_peak_rss: int = 0
 
 
 @dataclass
@@ -61,16 +64,21 @@ def profile_image(encoder: Encoder, decoder: Decoder, image: np.ndarray, name: s
         decoder.decode(encoder.encode(image))
     enc_runs, dec_runs = [], []
     data, decoded = b"", image
+    peaks = [0, 0]
     for _ in range(repeat):
         timer = StageTimer()
+        reset_peak()
         data = encoder.encode_detailed(image, timer, estimate=False).data
+        peaks[0] = max(peaks[0], peak_resident_bytes())
         enc_runs.append(timer.times_ms)
         timer = StageTimer()
+        reset_peak()
         decoded = decoder.decode_detailed(data, timer).image
+        peaks[1] = max(peaks[1], peak_resident_bytes())
         dec_runs.append(timer.times_ms)
     h, w = image.shape[:2]
     return ImageProfile(name, w, h, len(data), 8 * len(data) / (h * w), psnr(image, decoded),
-                        median_times(dec_runs, DECODE_STAGES), median_times(enc_runs, ENCODE_STAGES))
+                        median_times(dec_runs, DECODE_STAGES), median_times(enc_runs, ENCODE_STAGES), *peaks)
 
 
 def profile_images(encoder: Encoder, decoder: Decoder, paths: list[Path], repeat: int) -> ProfileReport:
@@ -78,7 +86,7 @@ def profile_images(encoder: Encoder, decoder: Decoder, paths: list[Path], repeat
 
     m = decoder.manifest
     report = ProfileReport(decoder.model.backend_name, m.arch, m.N, m.M, repeat)
-    for path in tqdm(paths, desc="profile", unit="image", disable=len(paths) < 2):
+    for path in progress(paths, desc="profile", unit="image", enabled=len(paths) > 1):
         report.images.append(profile_image(encoder, decoder, read_image(path), str(path), repeat))
     return report
 
@@ -93,5 +101,7 @@ def format_table(report: ProfileReport) -> str:
     lines += [f"{k:<20}{v:>10.1f}" for k, v in enc.items()]
     bpp = np.mean([i.bpp for i in report.images])
     psnr = np.mean([i.psnr for i in report.images])
-    lines += ["", f"bpp {bpp:.4f}   PSNR {psnr:.2f} dB"]
+    lines += ["", f"bpp {bpp:.4f}   PSNR {psnr:.2f} dB", "", f"{'peak RSS (MB)':<20}{'encode':>10}{'decode':>10}"]
+    lines += [f"{f'{i.width}x{i.height}':<20}{i.encode_peak_rss / 2**20:>10.0f}{i.decode_peak_rss / 2**20:>10.0f}"
+              for i in report.images]
     return "\n".join(lines)

@@ -15,7 +15,6 @@ each Pillow curve.
 from __future__ import annotations
 
 import io
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from ckbd.errors import require
 from ckbd.tools.bdrate import MIN_POINTS, bd_rate
@@ -97,8 +95,10 @@ def pillow_round_trip(image: np.ndarray, fmt: str, quality: int) -> tuple[int, n
         return len(data), np.asarray(img.convert("RGB"))
 
 
-def _progress(total: int, desc: str, enabled: bool) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="image", file=sys.stderr, disable=not enabled)
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from ckbd.progress import progress
+
+    return progress(total=total, desc=desc, unit="image", enabled=enabled)
 
 
 def evaluate(paths: Sequence[Path], models: Sequence[Path | None], qualities: Sequence[int] = DEFAULT_QUALITIES,
@@ -248,16 +248,30 @@ def format_table(report: RDReport) -> str:
     return "\n".join(lines)
 
 
-def rd_plot_curves(report: RDReport, metric: str = "psnr") -> dict[str, list[tuple[float, float]]]:
-    """{label: [(bpp, metric)]} for :func:`ckbd.tools.plots.rd_curves`; one curve per architecture."""
+def rd_plot_curves(report: RDReport, metric: str = "psnr", join: bool = True) -> dict[str, list[tuple[float, float]]]:
+    """{label: [(bpp, metric)]} for :func:`ckbd.tools.plots.rd_curves`.
+
+    ``join``: the models of one architecture form one curve (a λ sweep); otherwise each model is its
+    own labelled series, since two unrelated models joined by a line would suggest a curve that is not one.
+    """
     curves = {PILLOW_LABELS.get(fmt, fmt): [(p.bpp, getattr(p, metric)) for p in pts] for fmt, pts in report.curves.items()}
     for m in report.models:
-        curves.setdefault(m.family or "ckbd", []).append((m.bpp, getattr(m, metric)))
+        label = (m.family or "ckbd") if join else _unique(m.label, curves)
+        curves.setdefault(label, []).append((m.bpp, getattr(m, metric)))
     return curves
 
 
-def plot_rd(report: RDReport, path: Path) -> None:
-    """The RD plot: one curve per architecture, the Pillow sweeps as dashed references."""
+def _unique(label: str, taken: dict[str, Any]) -> str:
+    """``label``, or ``label (2)``, ``label (3)``... when models share a name (e.g. two ``model`` folders)."""
+    candidate, n = label, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{label} ({n})"
+    return candidate
+
+
+def plot_rd(report: RDReport, path: Path, join: bool = True) -> None:
+    """The RD plot: one curve per architecture (or per model), the Pillow sweeps as dashed references."""
     from ckbd.tools.plots import rd_curves
 
-    rd_curves(rd_plot_curves(report), path, references=tuple(PILLOW_LABELS.values()))
+    rd_curves(rd_plot_curves(report, join=join), path, references=tuple(PILLOW_LABELS.values()))

@@ -13,8 +13,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
+from ckbd.cli.options import default_kodak_dir
+from ckbd.progress import progress
 from ckbd.runtime.codec import Decoder, Encoder
 from ckbd.runtime.imageio import IMAGE_SUFFIXES, read_image
 
@@ -38,14 +38,15 @@ def check(encoder: Encoder, decoder: Decoder, path: Path) -> RoundTrip:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("images", type=Path, nargs="?", default=Path("../shared/data/kodak"))
+    parser.add_argument("images", type=Path, nargs="?", default=None, help="Folder (default: the project's Kodak).")
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--backend", default="onnxruntime")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    folder = args.images if args.images is not None else default_kodak_dir()
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     encoder, decoder = Encoder.open(args.model, args.backend), Decoder.open(args.model, args.backend)
-    rows = [check(encoder, decoder, p) for p in tqdm(paths, unit="image")]
+    rows = [check(encoder, decoder, p) for p in progress(paths, desc="roundtrip", unit="image")]
     total, ideal = sum(r.bytes for r in rows), sum(r.estimated_bytes for r in rows)
     summary = {"images": len(rows), "all_latents_identical": all(r.latents_identical for r in rows),
                "total_bytes": total, "overhead_pct": 100 * (total / ideal - 1),

@@ -5,7 +5,6 @@ A batch with one bad file finishes the others, reports each failure on one line 
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -15,16 +14,23 @@ from typing import Any
 import typer
 from tqdm import tqdm
 
-from ckbd.errors import CkbdError
-from ckbd.runtime.atomic import atomic_write_bytes
+from ckbd.errors import CkbdError, UsageError
+from ckbd.progress import progress
+from ckbd.tools.jsonfile import write_json as write_json_file
+
+#: Words that are never meant as file names: ``--psnr true`` gives a flag a value it does not take.
+FLAG_VALUES = {"true", "false", "yes", "no", "on", "off"}
 
 
 def expand_inputs(paths: Iterable[Path], suffixes: set[str]) -> list[Path]:
-    """Files as given, directories replaced by their files with one of ``suffixes`` (sorted)."""
+    """Files as given, directories replaced by the files with one of ``suffixes`` found in them and
+    their subfolders (sorted), as ``train`` and ``calibrate`` search their folders."""
     files: list[Path] = []
     for path in paths:
+        if str(path).lower() in FLAG_VALUES and not path.exists():
+            raise UsageError(f"'{path}' is not a file: on/off options such as --psnr take no value")
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes and p.is_file())
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
             if not found:
                 raise CkbdError(f"{path} holds no {'/'.join(sorted(suffixes))} files")
             files.extend(found)
@@ -35,17 +41,29 @@ def expand_inputs(paths: Iterable[Path], suffixes: set[str]) -> list[Path]:
     return files
 
 
-def output_paths(inputs: list[Path], out: Path | None, suffix: str) -> list[Path]:
-    """One input: ``out`` is the file (default: input with ``suffix``). Several: ``out`` is a folder."""
+def output_paths(inputs: list[Path], out: Path | None, suffix: str, sources: Iterable[Path] = ()) -> list[Path]:
+    """One input: ``out`` is the file (default: input with ``suffix``). Several: ``out`` is a folder,
+    where a file found in a subfolder of one of the ``sources`` folders keeps that subfolder."""
     if len(inputs) == 1 and out is not None and not out.is_dir():
         return [out]
     if out is None:
         return [p.with_suffix(suffix) for p in inputs]
+    folders = [s for s in sources if s.is_dir()]
+    targets = [out / _relative(p, folders).with_suffix(suffix) for p in inputs]
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        for parent in sorted({t.parent for t in targets}):
+            parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CkbdError(f"cannot create output folder {out}: {exc.strerror}") from None
-    return [out / (p.stem + suffix) for p in inputs]
+        raise CkbdError(f"cannot create output folder {exc.filename}: {exc.strerror}") from None
+    return targets
+
+
+def _relative(path: Path, folders: list[Path]) -> Path:
+    """``path`` below the first of ``folders`` that holds it, else its name alone."""
+    for folder in folders:
+        if path.is_relative_to(folder):
+            return path.relative_to(folder)
+    return Path(path.name)
 
 
 @dataclass
@@ -62,7 +80,7 @@ class BatchReport:
             if with_psnr:
                 summary["mean_psnr"] = sum(with_psnr) / len(with_psnr)
         summary.update(extra or {})
-        atomic_write_bytes(path, json.dumps(summary, indent=2).encode())
+        write_json_file(path, summary)
 
 
 def describe_failure(src: Path, message: str) -> str:
@@ -70,17 +88,31 @@ def describe_failure(src: Path, message: str) -> str:
     return message if str(src) in message else f"{src}: {message}"
 
 
-def run_batch(pairs: list[tuple[Path, Path]], work: Callable[[Path, Path], dict[str, Any]], label: str) -> BatchReport:
-    """Apply ``work(src, dst)`` to every pair; a CkbdError fails that file only."""
+def run_batch(pairs: list[tuple[Path, Path]], work: Callable[[Path, Path], dict[str, Any]], label: str,
+              refused: Iterable[tuple[Path, str]] = ()) -> BatchReport:
+    """Apply ``work(src, dst)`` to every pair; a CkbdError or a failed allocation fails that file only.
+
+    ``refused`` are inputs turned down before any work (the output policy), reported the same way.
+    """
     report = BatchReport()
-    bar = tqdm(pairs, desc=label, unit="file", disable=len(pairs) < 2, dynamic_ncols=True)
+    refused = list(refused)
+    several = len(pairs) + len(refused) > 1
+
+    def fail(src: Path, message: str) -> None:
+        report.failures.append((src, message))
+        if several:
+            tqdm.write(f"error: {describe_failure(src, message)}", file=sys.stderr)
+
+    for src, message in refused:
+        fail(src, message)
+    bar = progress(pairs, desc=label, unit="file", enabled=len(pairs) > 1)
     for src, dst in bar:
         try:
             report.results.append({"file": str(src), "output": str(dst), **work(src, dst)})
         except CkbdError as exc:
-            report.failures.append((src, str(exc)))
-            if len(pairs) > 1:
-                tqdm.write(f"error: {describe_failure(src, str(exc))}", file=sys.stderr)
+            fail(src, str(exc))
+        except MemoryError:  # numpy and friends; nothing was written (outputs are atomic)
+            fail(src, "out of memory: an allocation failed, nothing was written")
     return report
 
 

@@ -21,10 +21,8 @@ def coder(
     json_path: Path | None = typer.Option(None, "--json", help="Also write the results here."),
 ) -> None:
     """Entropy coder throughput (one core) and rate overhead on Gaussian latents."""
-    import json
-
-    from ckbd.runtime.atomic import atomic_write_bytes
     from ckbd.tools.bench_coder import machine_info, run_coder_benchmark
+    from ckbd.tools.jsonfile import write_json
 
     result = run_coder_benchmark(symbols=symbols, seed=seed, repeats=repeats)
     rows = [
@@ -39,7 +37,7 @@ def coder(
         typer.echo(f"{name:<14} {value}")
     if json_path is not None:
         report = {**result.to_dict(), "repeats": repeats, "seed": seed, "machine": machine_info()}
-        atomic_write_bytes(json_path, (json.dumps(report, indent=2) + "\n").encode())
+        write_json(json_path, report)
         typer.echo(f"wrote {json_path}")
 
 

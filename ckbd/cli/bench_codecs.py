@@ -6,7 +6,6 @@ benchmark itself) stay inside the command body so that ``ckbd --help`` stays fas
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -62,6 +61,7 @@ def codecs_command(
         run_benchmark,
         write_plots,
     )
+    from ckbd.tools.jsonfile import write_json
 
     rds = {path.stem: read_rd(path) for path in eval_json or []}
     if from_json is not None:
@@ -75,14 +75,25 @@ def codecs_command(
     text = format_markdown(report, rds)
     typer.echo(text)
     if json_path is not None:
-        atomic_write_bytes(json_path, (json.dumps(report, indent=2) + "\n").encode())
+        write_json(json_path, report)
         typer.echo(f"wrote {json_path}")
     if markdown is not None:
-        atomic_write_bytes(markdown, text.encode())
+        atomic_write_bytes(markdown, with_hand_written(text, markdown).encode())
         typer.echo(f"wrote {markdown}")
     if plots is not None:
         for path in write_plots(report, plots, rds):
             typer.echo(f"wrote {path}")
+
+
+#: Everything from this line on in the --markdown file is written by hand and kept on re-rendering.
+HAND_WRITTEN_MARKER = "<!-- hand-written sections below: kept by `ckbd bench codecs --markdown` -->"
+
+
+def with_hand_written(rendered: str, previous: Path) -> str:
+    """``rendered`` followed by the hand-written part of the file it replaces (if any)."""
+    old = previous.read_text(encoding="utf-8") if previous.is_file() else ""
+    at = old.find(HAND_WRITTEN_MARKER)
+    return rendered if at < 0 else rendered.rstrip("\n") + "\n\n" + old[at:]
 
 
 def register(app: typer.Typer) -> None:

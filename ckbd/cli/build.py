@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 # Light: sizes and policy only; tensorrt is imported when a build starts.
-from ckbd.engines.builder import DEFAULT_PROFILE
+from ckbd.engines.profiles import DEFAULT_PROFILE
 
 
 class Precision(str, Enum):
@@ -67,18 +67,30 @@ def build(
         help="Build every stage at --precision, including those that decide scale indexes; "
         "bitstreams then only decode reliably with these very engines.",
     ),
+    rebuild_shared: bool = typer.Option(
+        False,
+        "--rebuild-shared",
+        help="Also rebuild the fp32 engines every precision set shares when they still fit "
+        "(float-path streams encoded with the old ones may then no longer decode).",
+    ),
     device: int = typer.Option(0, "--device", min=0, help="CUDA device index."),
 ) -> None:
     """Build one TensorRT engine per stage graph into DIR/engines/ (sizes are padded to 64)."""
-    from ckbd.engines.builder import BuildOptions, SizeProfile, build_engines
+    from ckbd.engines.builder import BuildOptions, build_engines
+    from ckbd.engines.profiles import SizeProfile
+    from ckbd.errors import CkbdError, UsageError
 
-    profile = SizeProfile.parse(min_size, opt_size, max_size)
+    try:
+        profile = SizeProfile.parse(min_size, opt_size, max_size)
+    except CkbdError as exc:  # a mistyped size is a usage error (exit 2), found before TensorRT loads
+        raise UsageError(str(exc)) from None
     options = BuildOptions(
         precision=precision.value,
         profile=profile,
         workspace_mb=workspace,
         timing_cache=timing_cache,
         force_precision=force_precision,
+        rebuild_shared=rebuild_shared,
         device=device,
     )
     results = build_engines(model_dir, options, progress=lambda line: typer.echo(line, err=True))

@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from ckbd.cli.codec_options import ThreadsOption
+from ckbd.cli.options import QuietOption
 
 
 def register(app: typer.Typer) -> None:
@@ -34,6 +35,7 @@ def calibrate_command(
                                       help="7-bit weights: for x86 CPUs without VNNI, whose int8 kernels can saturate."),
     threads: int = ThreadsOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar per stage."),
+    quiet: bool = QuietOption,
 ) -> None:
     """Calibrate INT8 (Q/DQ, symmetric, TensorRT-compatible) variants of the synthesis/analysis graphs."""
     from ckbd.calibration import calibrate, check_stages
@@ -42,7 +44,7 @@ def calibrate_command(
     stage_list = check_stages(stages)  # refuse parameter graphs before any image is read
     folder = images if images is not None else default_train_dir()
     manifest = calibrate(model_dir, folder, method=method, count=count, stages=stage_list,
-                         per_channel=per_channel, threads=threads, progress=progress, quantize_gdn=quantize_gdn,
+                         per_channel=per_channel, threads=threads, progress=progress and not quiet, quantize_gdn=quantize_gdn,
                          reduce_range=reduce_range)
     for stage in stage_list:
         entry = manifest.variants["int8"][stage]

@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ckbd.cli.batch import expand_inputs, finish, output_paths, run_batch
+from ckbd.cli.batch import expand_inputs, finish, run_batch
 from ckbd.cli.codec_options import (
     BackendOption,
+    ForceOption,
     ModelOption,
     PrecisionOption,
     ThreadsOption,
     open_codec,
 )
+from ckbd.cli.options import QuietOption
+from ckbd.cli.outputs import check_output, is_stdout, pair_outputs, plan_outputs, write_output
+from ckbd.cli.parallel import (
+    JobsOption,
+    MaxMemoryOption,
+    check_jobs,
+    memory_budget,
+    parallel_work,
+    per_worker,
+    thread_share,
+)
+from ckbd.cli.scale import AddressOption, ConcurrencyOption, EngineOption, ServerOption, codec_handle, scaled_work
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SUFFIX = ".ckbd"
 
@@ -25,78 +41,149 @@ def register(app: typer.Typer) -> None:
 
 
 def encode_command(
-    images: list[Path] = typer.Argument(..., help="Images or folders of images."),
-    out: Path = typer.Option(None, "--output", "-o", help="Output file (one input) or folder (several)."),
+    images: list[Path] = typer.Argument(..., help="Images or folders of images; - reads one image from stdin."),
+    out: Path = typer.Option(None, "--output", "-o",
+                             help="Output file (one input), folder (several), or - for stdout."),
+    force: bool = ForceOption,
     model: Path = ModelOption,
     backend: str = BackendOption,
     threads: int = ThreadsOption,
     with_psnr: bool = typer.Option(False, "--psnr", help="Also decode each result and report PSNR."),
     json_path: Path = typer.Option(None, "--json", help="Write a per-image summary (bytes, bpp, PSNR)."),
+    jobs: int = JobsOption,
+    max_memory: str = MaxMemoryOption,
+    server: str = ServerOption,
+    concurrency: int = ConcurrencyOption,
+    engine: str = EngineOption,
+    address: str = AddressOption,
+    quiet: bool = QuietOption,
 ) -> None:
-    """Compress images to .ckbd files."""
-    from ckbd.runtime.atomic import atomic_write_bytes
+    """Compress images to .ckbd files (folders are searched recursively; -o FOLDER keeps their layout)."""
     from ckbd.runtime.codec import Decoder, Encoder
-    from ckbd.runtime.imageio import IMAGE_SUFFIXES, read_image
+    from ckbd.runtime.imageio import IMAGE_SUFFIXES
     from ckbd.tools.metrics import psnr
 
     inputs = expand_inputs(images, IMAGE_SUFFIXES)
-    encoder = open_codec(Encoder, model, backend, threads)
-    decoder = open_codec(Decoder, model, backend, threads) if with_psnr else None
+    pairs = pair_outputs(inputs, out, SUFFIX, images)
+    check_output(json_path, force, inputs)
+    plan = plan_outputs(pairs, force)
+    check_jobs(jobs, server, engine)
+    budget, share = memory_budget(max_memory, jobs), thread_share(threads, jobs)
+    encoder = codec_handle("encode", per_worker(lambda: open_codec(Encoder, model, backend, share, memory=budget), jobs),
+                           server, engine)
+    decoder = (codec_handle("decode", per_worker(lambda: open_codec(Decoder, model, backend, share, memory=budget),
+                                                 jobs), server, engine)
+               if with_psnr else None)
 
     def work(src: Path, dst: Path) -> dict[str, Any]:
-        image = read_image(src)
+        image = _read_input_image(src)
         data = encoder.encode(image)
-        atomic_write_bytes(dst, data)
+        write_output(dst, data, force)
         row: dict[str, Any] = {"bytes": len(data), "bpp": 8 * len(data) / (image.shape[0] * image.shape[1])}
         if decoder is not None:
             row["psnr"] = psnr(image, decoder.decode(data))
         return row
 
-    report = run_batch(list(zip(inputs, output_paths(inputs, out, SUFFIX))), work, "encode")
+    report = run_batch(plan.jobs, parallel_work(plan.jobs, scaled_work(plan.jobs, work, engine, address, server,
+                                                                        concurrency), jobs), "encode", plan.refused)
     for r in report.results:
         extra = f", {r['psnr']:.2f} dB" if "psnr" in r else ""
-        typer.echo(f"{r['file']} -> {r['output']}: {r['bytes']} bytes, {r['bpp']:.4f} bpp{extra}")
+        typer.echo(f"{r['file']} -> {r['output']}: {r['bytes']} bytes, {r['bpp']:.4f} bpp{extra}", err=_to_stdout(pairs))
     finish(report, json_path)
 
 
 def decode_command(
-    files: list[Path] = typer.Argument(..., help=".ckbd files or folders of them."),
-    out: Path = typer.Option(None, "--output", "-o", help="Output image (one input) or folder (several); PNG by default."),
+    files: list[Path] = typer.Argument(..., help=".ckbd files or folders of them; - reads one from stdin."),
+    out: Path = typer.Option(None, "--output", "-o",
+                             help="Output image (one input), folder (several), or - for stdout; PNG by default."),
+    force: bool = ForceOption,
+    image_format: str = typer.Option(None, "--format",
+                                     help="Image format to write (png, tiff, webp, bmp, ppm; jpeg/gif/ico only when named)."),
     model: Path = ModelOption,
     backend: str = BackendOption,
     threads: int = ThreadsOption,
     precision: str = PrecisionOption,
     original: Path = typer.Option(None, "--original", help="Original image (or folder, matched by name) to report PSNR."),
     json_path: Path = typer.Option(None, "--json", help="Write a per-file summary (bytes, bpp, PSNR)."),
+    jobs: int = JobsOption,
+    max_memory: str = MaxMemoryOption,
+    server: str = ServerOption,
+    concurrency: int = ConcurrencyOption,
+    engine: str = EngineOption,
+    address: str = AddressOption,
+    quiet: bool = QuietOption,
 ) -> None:
-    """Decompress .ckbd files to images."""
+    """Decompress .ckbd files to images (folders are searched recursively; -o FOLDER keeps their layout)."""
+    from ckbd.errors import CkbdError
     from ckbd.runtime.codec import Decoder
-    from ckbd.runtime.imageio import read_image, write_image
+    from ckbd.runtime.imageio import OutputFormat, image_bytes, output_format
+    from ckbd.runtime.stream_io import read_stream
     from ckbd.tools.metrics import psnr
 
     inputs = expand_inputs(files, {SUFFIX})
-    decoder = open_codec(Decoder, model, backend, threads, precision)
+    suffix = f".{image_format.lower().lstrip('.')}" if image_format else ".png"
+    pairs = pair_outputs(inputs, out, suffix, files)
+    check_output(json_path, force, inputs)
+    originals = {src: ref for src in inputs if (ref := _original_for(src, original)) is not None}
+    plan = plan_outputs(pairs, force, protected=originals)
+    formats: dict[Path, OutputFormat] = {}
+    for src, dst in list(plan.jobs):
+        try:
+            formats[dst] = output_format(None if is_stdout(dst) else dst, image_format)
+        except CkbdError as exc:
+            plan.jobs.remove((src, dst))
+            plan.refused.append((src, str(exc)))
+    check_jobs(jobs, server, engine)
+    budget, share = memory_budget(max_memory, jobs), thread_share(threads, jobs)
+    decoder = codec_handle("decode", per_worker(lambda: open_codec(Decoder, model, backend, share, precision,
+                                                                   memory=budget), jobs), server, engine)
 
     def work(src: Path, dst: Path) -> dict[str, Any]:
-        try:
-            data = src.read_bytes()
-        except OSError as exc:
-            from ckbd.errors import CkbdError
-
-            raise CkbdError(f"cannot read {src}: {exc.strerror}") from None
-        image = decoder.decode(data)
-        write_image(dst, image)
-        row: dict[str, Any] = {"bytes": len(data), "bpp": 8 * len(data) / (image.shape[0] * image.shape[1])}
-        ref = _original_for(src, original)
-        if ref is not None:
-            row["psnr"] = psnr(read_image(ref, quiet=True), image)
+        stream = read_stream(src, decoder.max_pixels, check=decoder.check_header)
+        ref = originals.get(src)
+        reference = None if ref is None else _reference(ref, src, stream.header)
+        image = decoder.decode(stream.data)
+        write_output(dst, image_bytes(image, formats[dst]), force)
+        row: dict[str, Any] = {"bytes": stream.size, "bpp": 8 * stream.size / (image.shape[0] * image.shape[1])}
+        if reference is not None:
+            row["psnr"] = psnr(reference, image)
         return row
 
-    report = run_batch(list(zip(inputs, output_paths(inputs, out, ".png"))), work, "decode")
+    report = run_batch(plan.jobs, parallel_work(plan.jobs, scaled_work(plan.jobs, work, engine, address, server,
+                                                                        concurrency), jobs), "decode", plan.refused)
     for r in report.results:
         extra = f", {r['psnr']:.2f} dB" if "psnr" in r else ""
-        typer.echo(f"{r['file']} -> {r['output']}{extra}")
+        typer.echo(f"{r['file']} -> {r['output']}{extra}", err=_to_stdout(pairs))
     finish(report, json_path)
+
+
+def _to_stdout(pairs: list[tuple[Path, Path]]) -> bool:
+    """When the data goes to stdout, everything else goes to stderr."""
+    return any(is_stdout(dst) for _, dst in pairs)
+
+
+def _read_input_image(src: Path) -> np.ndarray:
+    """An image from a file, or from stdin for ``-`` (bounded: Pillow needs it all in memory)."""
+    import sys
+
+    from ckbd.runtime.imageio import MAX_STDIN_BYTES, read_image, read_image_bytes
+    from ckbd.runtime.stream_io import STDIN_NAME, is_stdio, read_limited
+
+    if is_stdio(src):
+        return read_image_bytes(read_limited(sys.stdin.buffer, MAX_STDIN_BYTES), STDIN_NAME)
+    return read_image(src)
+
+
+def _reference(ref: Path, src: Path, header: Any) -> np.ndarray:
+    """The ``--original`` image, refused before decoding when its size is not the file's."""
+    from ckbd.errors import UsageError
+    from ckbd.runtime.imageio import read_image
+
+    reference = read_image(ref, quiet=True)
+    if reference.shape[:2] != (header.height, header.width):
+        raise UsageError(f"--original {ref} is {reference.shape[1]}x{reference.shape[0]} but {src} holds a "
+                         f"{header.width}x{header.height} image; give the image it was encoded from")
+    return reference
 
 
 def _original_for(src: Path, original: Path | None) -> Path | None:

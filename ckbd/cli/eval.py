@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from ckbd.cli.codec_options import ThreadsOption
+from ckbd.cli.options import QuietOption
 
 
 def register(app: typer.Typer) -> None:
@@ -34,24 +34,33 @@ def eval_command(
     qualities: str = typer.Option("5,10,20,30,40,50,60,70,80,90,95", "--qualities",
                                   help="Pillow quality sweep for JPEG and WebP."),
     threads: int = ThreadsOption,
+    curve: bool = typer.Option(False, "--curve",
+                               help="The models form an RD curve (e.g. a λ sweep): join those of one architecture "
+                                    "in the plot. Without it every model is its own labelled point."),
+    quiet: bool = QuietOption,
 ) -> None:
     """bpp (from the actual bytes), PSNR and MS-SSIM of each model, compared with JPEG and WebP.
 
     One model gives one RD point: it is compared at equal bpp (Pillow curves interpolated). With
     four or more models of one architecture the BD-rate (PSNR) against each Pillow curve is added.
+    A lossless result has an infinite PSNR: "inf" in the table, null in the JSON, left out of the plot.
     """
     from ckbd.cli.batch import expand_inputs
-    from ckbd.cli.options import default_kodak_dir
-    from ckbd.runtime.atomic import atomic_write_bytes
+    from ckbd.cli.options import check_writable, default_kodak_dir
     from ckbd.runtime.imageio import IMAGE_SUFFIXES
+    from ckbd.tools.jsonfile import write_json
+    from ckbd.tools.plots import check_plot_path
     from ckbd.tools.rd_eval import evaluate, format_table, plot_rd
 
+    sweep = _qualities(qualities)
+    check_writable(json_path, "--json")
+    check_plot_path(plot)
     paths = expand_inputs(images or [default_kodak_dir()], IMAGE_SUFFIXES)
-    report = evaluate(paths, list(models) if models else [None], _qualities(qualities), threads=threads)
+    report = evaluate(paths, list(models) if models else [None], sweep, threads=threads)
     typer.echo(format_table(report))
     if json_path is not None:
-        atomic_write_bytes(json_path, (json.dumps(report.to_dict(), indent=2) + "\n").encode())
+        write_json(json_path, report.to_dict())
         typer.echo(f"wrote {json_path}")
     if plot is not None:
-        plot_rd(report, plot)
+        plot_rd(report, plot, join=curve)
         typer.echo(f"wrote {plot}")

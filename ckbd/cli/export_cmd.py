@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ckbd.errors import CkbdError
+from ckbd.errors import CkbdError, UsageError
 
 #: Where the shipped default checkpoint lives inside the installed package.
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "default_checkpoint.pt"
@@ -39,6 +39,30 @@ def _resolve_checkpoint(checkpoint: Path | None, use_default: bool) -> Path:
     return checkpoint
 
 
+def _integer_params(model: object, shipped: bool, images: Path | None, activation_bits: int) -> object:
+    """The integer spec: the shipped model's own (so --default reproduces it), or calibrated anew."""
+    from ckbd.export.integer_quantize import QuantConfig, calibration_images, quantize_model
+    from ckbd.runtime.intparams import INTEGER_PARAMS_NAME, IntegerParams
+
+    if shipped:
+        return IntegerParams.load(DEFAULT_CHECKPOINT.parent / "default" / INTEGER_PARAMS_NAME)
+    if images is None:
+        from ckbd.cli.options import SHARED_DATA
+
+        images = SHARED_DATA / "train"
+        if not images.is_dir():
+            raise UsageError("the integer entropy-parameter path needs calibration photos: pass "
+                             "--calibration-images DIR (or export with --entropy-params float)")
+    photos = calibration_images(images)
+    return quantize_model(model, photos, _scale_table(), QuantConfig(activation_bits=activation_bits))  # type: ignore[arg-type]
+
+
+def _scale_table() -> object:
+    from ckbd.runtime.entropy_tables import default_scale_table
+
+    return default_scale_table()
+
+
 def _format_size(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB"):
@@ -62,18 +86,37 @@ def export_command(
         help="Export the rewritten, faster graphs (default) or the plain model computation.",
     ),
     fp16: bool = typer.Option(False, "--fp16", help="Also write a float16 latent synthesis (for TensorRT FP16)."),
+    entropy_params: str = typer.Option(
+        "integer", "--entropy-params",
+        help="integer (exact on every backend: portable bitstreams) or float (decodes only where the "
+             "encoder's float results repeat).",
+    ),
+    calibration_images: Path = typer.Option(
+        None, "--calibration-images",
+        help="Photos to calibrate the integer path on (default: ../shared/data/train; with --default, "
+             "the shipped model's calibration is reused).",
+    ),
+    activation_bits: int = typer.Option(8, "--activation-bits", help="Integer path: activation bits (4-12)."),
 ) -> None:
     """Export the five stage graphs, entropy tables and manifest of a checkerboard model."""
+    if entropy_params not in ("integer", "float"):
+        raise UsageError(f"--entropy-params must be integer or float, got {entropy_params!r}")
+    if not 4 <= activation_bits <= 12:
+        raise UsageError(f"--activation-bits must be between 4 and 12, got {activation_bits}")
     from ckbd.export.onnx_export import export_model
     from ckbd.models.checkpoint import load_model
     from ckbd.runtime.stages import ALL_STAGES
 
     path = _resolve_checkpoint(checkpoint, use_default)
     model = load_model(path)
+    spec = None
+    if entropy_params == "integer":
+        spec = _integer_params(model, use_default and calibration_images is None, calibration_images, activation_bits)
     manifest = export_model(model, out, opset=opset, stages=_parse_stages(stages) or ALL_STAGES,
-                            optimize=optimize, fp16=fp16)
+                            optimize=optimize, fp16=fp16, integer_params=spec)
     typer.echo(f"{out}: {manifest.arch} N={manifest.N} M={manifest.M} anchors={manifest.anchor_parity} "
-               f"opset={manifest.opset} fingerprint={manifest.fingerprint[:16]}")
+               f"opset={manifest.opset} entropy-params={manifest.entropy_params} "
+               f"fingerprint={manifest.fingerprint[:16]}")
     width = max(len(entry.file) for entry in manifest.graphs.values())
     typer.echo(f"  {'file':<{width}}  {'size':>10}  sha256")
     for entry in manifest.graphs.values():

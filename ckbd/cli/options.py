@@ -1,12 +1,17 @@
-"""Defaults shared by several commands."""
+"""Defaults and checks shared by several commands."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from ckbd.errors import CkbdError
+import typer
 
-SHARED_DATA = Path("../shared/data")
+from ckbd.errors import CkbdError, UsageError
+
+#: The project's data folder, next to the repository (``../shared/data`` seen from the checkout),
+#: found from this file rather than from the current folder so the defaults work from anywhere.
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def _shared(sub: str) -> Path:
@@ -22,3 +27,35 @@ def default_train_dir() -> Path:
 
 def default_kodak_dir() -> Path:
     return _shared("kodak")
+
+
+def check_writable(path: Path | None, option: str) -> None:
+    """Refuse, before any work, an output whose folder is missing or read-only, or that is a folder."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a folder; give a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        raise UsageError(f"{option} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: the folder {folder} is not writable")
+
+
+def check_input_dir(path: Path | None, option: str) -> None:
+    """An input folder given on the command line must exist."""
+    if path is not None and not path.is_dir():
+        raise UsageError(f"{option} {path}: no such folder")
+
+
+def _set_quiet(value: bool) -> bool:
+    if value:
+        from ckbd.progress import set_quiet
+
+        set_quiet(True)
+    return value
+
+
+#: ``--quiet``/``-q`` on a command: as ``ckbd -q COMMAND``, no progress output and no notices.
+QuietOption = typer.Option(False, "--quiet", "-q", callback=_set_quiet,
+                           help="No progress output or notices; results and errors are still printed.")

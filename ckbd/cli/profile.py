@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from ckbd.cli.codec_options import BackendOption, ModelOption, ThreadsOption, open_codec
+from ckbd.cli.options import QuietOption, check_writable
 
 
 def register(app: typer.Typer) -> None:
@@ -22,22 +22,26 @@ def profile_command(
     repeat: int = typer.Option(5, "--repeat", "-r", min=1, help="Timed repeats per image (after one warm-up)."),
     json_path: Path = typer.Option(None, "--json", help="Write per-image and mean stage times (ms)."),
     plot: Path = typer.Option(None, "--plot", help="Stacked bar chart of the mean stage times (PNG/SVG/PDF)."),
+    quiet: bool = QuietOption,
 ) -> None:
     """Median per-stage latency of encoding and decoding, like the paper's Table 3."""
     from ckbd.cli.batch import expand_inputs
-    from ckbd.runtime.atomic import atomic_write_bytes
     from ckbd.runtime.codec import Decoder, Encoder
     from ckbd.runtime.imageio import IMAGE_SUFFIXES
     from ckbd.runtime.profiling import DECODE_STAGES, ENCODE_STAGES
+    from ckbd.tools.jsonfile import write_json
+    from ckbd.tools.plots import check_plot_path
     from ckbd.tools.profile_codec import format_table, profile_images
 
+    check_writable(json_path, "--json")
+    check_plot_path(plot)
     paths = expand_inputs(images, IMAGE_SUFFIXES)
     encoder = open_codec(Encoder, model, backend, threads)
     decoder = open_codec(Decoder, model, backend, threads)
     report = profile_images(encoder, decoder, paths, repeat)
     typer.echo(format_table(report))
     if json_path is not None:
-        atomic_write_bytes(json_path, json.dumps(report.to_dict(), indent=2).encode())
+        write_json(json_path, report.to_dict())
     if plot is not None:
         from ckbd.tools.plots import stage_bars
 

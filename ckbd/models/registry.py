@@ -13,12 +13,14 @@ from ckbd.models.architectures import (
     mbt2018_serial,
 )
 from ckbd.models.config import ModelConfig
+from ckbd.models.random_mask import mbt2018_random_mask
 
 ARCHITECTURES: dict[str, Callable[[ModelConfig], HyperpriorModel]] = {
     "mbt2018-ckbd": mbt2018_checkerboard,
     "cheng2020-ckbd": cheng2020_checkerboard,
     "mbt2018": mbt2018_serial,
     "mbt2018-mean": mbt2018_mean,
+    "mbt2018-random-mask": mbt2018_random_mask,  # context-pattern study only; not exportable
 }
 
 #: Architectures whose latent M is tied to N.

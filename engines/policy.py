@@ -1,0 +1,89 @@
+"""Which graph each stage compiles, which engine file a backend loads, and what TensorRT runs at all.
+
+Precision: the graphs whose outputs decide scale indexes (hyper synthesis, anchor and non-anchor
+parameters) must produce the same numbers in encoder and decoder, so they stay fp32 with TF32 off
+unless explicitly forced. Analysis stays fp32 for cross-backend comparability. Only latent
+synthesis, whose output is just pixels, follows the requested precision.
+
+Sharing: every stage that does not follow the precision compiles the same fp32 graph for every
+precision set, so it is built once, as ``<stage>.fp32.engine``, and shared by all sets. Two builds
+of one graph are not guaranteed to be bit-identical (TensorRT picks kernels by timing), so a
+float-path stream only decodes bit-exactly with the engine files that encoded it.
+
+Integer path: the index-deciding graphs run on ONNX Runtime's CPU provider
+(:func:`~ckbd.runtime.ort_backend.exact_cpu_stage`); TensorRT never builds or runs them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ckbd.engines.metadata import PRECISIONS, engine_path, read_metadata, sidecar_path
+from ckbd.errors import CkbdError
+from ckbd.runtime.manifest import Manifest
+from ckbd.runtime.ort_backend import exact_cpu_stage
+from ckbd.runtime.stages import ALL_STAGES, LATENT_SYNTHESIS
+
+#: Stages that follow the requested precision; every other stage is built fp32 unless forced.
+PRECISION_FOLLOWING_STAGES = (LATENT_SYNTHESIS,)
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise CkbdError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
+    return precision
+
+
+def stage_precision(stage: str, requested: str, force: bool = False) -> str:
+    """The precision of the graph compiled for ``stage`` (and in its engine's file name).
+
+    Index-deciding stages stay fp32 unless ``force``: a different rounding in encoder and decoder
+    picks a different scale index and the rest of the bitstream decodes as noise.
+    """
+    check_precision(requested)
+    return requested if force or stage in PRECISION_FOLLOWING_STAGES else "fp32"
+
+
+def is_shared(stage: str, force: bool = False) -> bool:
+    """Whether the engine of ``stage`` is the one fp32 build shared by every precision set."""
+    return not force and stage not in PRECISION_FOLLOWING_STAGES
+
+
+def allows_tf32(stage: str) -> bool:
+    """TF32 (on by default in TensorRT) is only allowed where results need not match bit-wise."""
+    return stage in PRECISION_FOLLOWING_STAGES
+
+
+def available_precisions(manifest: Manifest) -> tuple[str, ...]:
+    """Precisions this model can be built at: fp32, plus each with a latent-synthesis variant."""
+    found = ["fp32"] if manifest.graphs else []
+    found += [
+        p
+        for p in PRECISIONS[1:]
+        if any(s in manifest.variants.get(p, {}) for s in PRECISION_FOLLOWING_STAGES)
+    ]
+    return tuple(found)
+
+
+def exported_stages(manifest: Manifest) -> tuple[str, ...]:
+    """The stages of the stage contract that the model directory has graphs for, in order."""
+    return tuple(stage for stage in ALL_STAGES if stage in manifest.graphs)
+
+
+def engine_stages(manifest: Manifest) -> tuple[str, ...]:
+    """The exported stages TensorRT runs: all but those kept exact on the CPU (integer path)."""
+    return tuple(s for s in exported_stages(manifest) if not exact_cpu_stage(manifest, s))
+
+
+def loaded_precision(model_dir: Path, stage: str, precision: str) -> str:
+    """The precision in the file name of the engine a backend at ``precision`` loads for ``stage``.
+
+    Its own engine when the stage follows the precision or was built with ``--force-precision``;
+    otherwise the shared fp32 build.
+    """
+    if stage in PRECISION_FOLLOWING_STAGES or precision == "fp32":
+        return precision
+    own = engine_path(model_dir, stage, precision)
+    if own.is_file() and sidecar_path(own).is_file() and read_metadata(own).forced_precision:
+        return precision
+    return "fp32"

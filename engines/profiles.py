@@ -1,0 +1,128 @@
+"""Image-size profiles of TensorRT engines and the per-stage input shapes they imply.
+
+An engine accepts a range of image sizes (H x W, padded to 64); every stage graph sees them through
+the symbolic shapes of :mod:`ckbd.runtime.stages`. Pure Python: usable without TensorRT.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ckbd.errors import CkbdError
+from ckbd.runtime.stages import ALL_STAGES, PAD_MULTIPLE, STAGE_IO, Y_STRIDE
+
+
+@dataclass(frozen=True, order=True)
+class ImageSize:
+    """An image size in pixels, height first (as in ``"512x768"``: 512 rows, 768 columns)."""
+
+    height: int
+    width: int
+
+    def __str__(self) -> str:
+        return f"{self.height}x{self.width}"
+
+    def padded(self, multiple: int = PAD_MULTIPLE) -> ImageSize:
+        """Round both sides up to the codec's padding multiple, as the codec does to images."""
+        return ImageSize(
+            -(-self.height // multiple) * multiple, -(-self.width // multiple) * multiple
+        )
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+def parse_size(text: str) -> ImageSize:
+    """Parse ``"HxW"`` (e.g. ``"512x768"``)."""
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise CkbdError(f"image size '{text}' is not HxW, e.g. 512x768")
+    size = ImageSize(int(match.group(1)), int(match.group(2)))
+    if size.height <= 0 or size.width <= 0:
+        raise CkbdError(f"image size '{text}' must be positive")
+    return size
+
+
+@dataclass(frozen=True)
+class SizeProfile:
+    """The image sizes an engine accepts (min..max) and is tuned for (opt), padded to 64."""
+
+    min: ImageSize
+    opt: ImageSize
+    max: ImageSize
+
+    def __post_init__(self) -> None:
+        for name in ("min", "opt", "max"):
+            object.__setattr__(self, name, getattr(self, name).padded())
+        for dim in ("height", "width"):
+            low, mid, high = (getattr(s, dim) for s in (self.min, self.opt, self.max))
+            if not low <= mid <= high:
+                raise CkbdError(
+                    f"size profile needs min <= opt <= max in {dim}: "
+                    f"got {self.min}, {self.opt}, {self.max}"
+                )
+
+    @classmethod
+    def parse(cls, min_size: str, opt_size: str, max_size: str) -> SizeProfile:
+        return cls(parse_size(min_size), parse_size(opt_size), parse_size(max_size))
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {
+            key: [size.height, size.width]
+            for key, size in (("min", self.min), ("opt", self.opt), ("max", self.max))
+        }
+
+
+DEFAULT_PROFILE = SizeProfile(ImageSize(64, 64), ImageSize(512, 768), ImageSize(2048, 2048))
+
+_DIM_RE = re.compile(r"^(\d*)([A-Za-z]+)(?:/(\d+))?$")
+
+
+def symbol_values(size: ImageSize, M: int, N: int) -> dict[str, int]:
+    """Values of the base symbols of :data:`~ckbd.runtime.stages.STAGE_IO` for an image size."""
+    padded = size.padded()
+    return {
+        "H": padded.height,
+        "W": padded.width,
+        "h": padded.height // Y_STRIDE,
+        "w": padded.width // Y_STRIDE,
+        "M": M,
+        "N": N,
+    }
+
+
+def resolve_dim(dim: int | str, values: dict[str, int]) -> int:
+    """Evaluate a symbolic dimension such as ``"w/2"``, ``"h/4"`` or ``"2M"``."""
+    if isinstance(dim, int):
+        return dim
+    match = _DIM_RE.match(dim)
+    if not match or match.group(2) not in values:
+        raise CkbdError(f"cannot evaluate tensor dimension '{dim}'")
+    factor = int(match.group(1) or 1)
+    divisor = int(match.group(3) or 1)
+    value = factor * values[match.group(2)]
+    if value % divisor:
+        raise CkbdError(f"dimension '{dim}' = {value}/{divisor} is not whole; pad the image to 64")
+    return value // divisor
+
+
+def stage_input_shapes(stage: str, size: ImageSize, M: int, N: int) -> dict[str, tuple[int, ...]]:
+    """Concrete input shapes of ``stage`` for an image of ``size`` (padded to 64)."""
+    if stage not in STAGE_IO:
+        raise CkbdError(f"unknown stage '{stage}'; stages are {', '.join(ALL_STAGES)}")
+    values = symbol_values(size, M, N)
+    inputs, _ = STAGE_IO[stage]
+    return {spec.name: tuple(resolve_dim(d, values) for d in spec.shape) for spec in inputs}
+
+
+ShapeRange = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+
+
+def stage_profile_shapes(stage: str, profile: SizeProfile, M: int, N: int) -> dict[str, ShapeRange]:
+    """(min, opt, max) input shapes of ``stage`` for an image-size profile."""
+    low, mid, high = (
+        stage_input_shapes(stage, s, M, N) for s in (profile.min, profile.opt, profile.max)
+    )
+    return {name: (low[name], mid[name], high[name]) for name in low}
+

@@ -1,0 +1,314 @@
+"""Peak-memory estimates, the memory budget, and the tile sizes that keep a job inside it.
+
+The estimate of a job is a sum of measured per-pixel costs (``tools/bench_memory.py`` measures
+them; the method and figures are in ``docs/RESULTS.md``), each linear in the channel count of
+the tensors that dominate it:
+
+* ``analysis`` / ``latent_synthesis``: working memory of the convolutional transform, per pixel
+  of the (padded) tile it runs on, linear in N (the width of every hidden layer);
+* ``encode_entropy`` / ``decode_entropy``: everything else of a job, per padded image pixel:
+  the packed latents, hyper features, parameters and symbols of the whole latent (linear in M),
+  the image itself and the float input of the range coder.
+
+With the ONNX Runtime arena off, a stage's working memory is returned when it finishes, so a
+job's peak is the larger of its two phases, on top of what the process already holds (its resident
+set when the job is planned: interpreter, ONNX Runtime, the loaded graphs, the input): the
+transform on a tile next to its image-sized companions (the packed ``y`` it fills, or the output
+image), and the whole-latent entropy stages, which tiling does not reduce. The
+budget is ``--max-memory`` or, by default, the resident set plus half of what the machine still
+has available (``MemAvailable``, or the cgroup's remaining limit when that is lower), shared
+equally between parallel workers. A job that fits whole runs whole; otherwise the transform runs
+on the largest tiles that fit; if even the smallest tile does not, the job is refused before
+anything is allocated.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ckbd.errors import CkbdError, MemoryBudgetError, ModelError, UsageError
+from ckbd.runtime.receptive_field import analysis_halo, synthesis_halo
+from ckbd.runtime.stages import PAD_MULTIPLE, Y_STRIDE
+
+#: Share of the available memory a default budget takes: free memory changes while a job runs
+#: (other processes), and the estimates are fits, so half is left to the rest of the machine.
+AVAILABLE_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class Linear:
+    """Bytes per pixel ``base + per_channel * C`` for the channel count ``C`` that dominates."""
+
+    base: float
+    per_channel: float
+
+    def __call__(self, channels: int) -> float:
+        # Never below half the channel term: a line through two models must not reach 0 for small ones.
+        return max(self.base + self.per_channel * channels, 0.5 * self.per_channel * channels)
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Per-pixel costs of one architecture (see the module docstring); fitted to measurements."""
+
+    analysis: Linear  # per tile pixel, C = N
+    latent_synthesis: Linear  # per tile pixel, C = N
+    encode_entropy: Linear  # per padded image pixel, C = M
+    decode_entropy: Linear  # per padded image pixel, C = M
+    overhead: int  # bytes a transform run adds whatever its size (ONNX Runtime's one-off buffers)
+
+
+#: Fitted to ``python -m ckbd.tools.bench_memory fit`` (ONNX Runtime CPU, arena off, one thread),
+#: then the line through the two models' channel counts (mbt2018-ckbd: N=64/M=96 and N=192/M=320;
+#: cheng2020-ckbd: N=M=64 and 192). Transforms: bytes per pixel of a 1536x1024 run, its one-off
+#: part included (the slope alone under-predicted 8K and 12K runs by up to a quarter); entropy
+#: terms: the slope between the two sizes; the largest intercept is the overhead. Where a size was measured on both entropy-parameter paths
+#: (the shipped model: float, then integer), the larger figure is used. The points are in
+#: docs/RESULTS.md.
+COSTS: dict[str, Costs] = {
+    "mbt2018-ckbd": Costs(Linear(13.7, 3.0), Linear(156.5, 2.403), Linear(9.4, 0.249), Linear(0.3, 0.346),
+                          80 << 20),
+    "cheng2020-ckbd": Costs(Linear(19.4, 3.911), Linear(107.1, 3.954), Linear(18.4, 0.0219), Linear(15.95, 0.043),
+                            310 << 20),
+}
+
+#: Headroom on a transform's fitted cost: measured peaks of multi-tile runs at 4K and 8K came out
+#: up to a quarter above the fit (the C heap between tiles, the tile's input conversion).
+TILE_MARGIN = 1.15
+#: Bytes per padded pixel per latent channel of the packed y halves (float32, 1/256 of the pixels).
+LATENT_BYTES = 4 / 256
+#: What a decode keeps of its entropy stages while synthesis runs, per channel: both decoded halves,
+#: their symbols, and the hyper features (2M channels), each 4 bytes at 1/256 of the pixels.
+DECODED_LATENT_BYTES = 4 * 4 / 256
+#: The decoded uint8 image, allocated before the synthesis tiles are written into it.
+OUTPUT_BYTES = 3.0
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+
+
+def parse_memory(text: str) -> int:
+    """Bytes from ``"4G"``, ``"1500M"``, ``"1.5GiB"``, ``"800000000"`` (K/M/G/T are powers of 1024)."""
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise UsageError(f"memory size '{text}' is not a number with an optional K/M/G/T suffix, e.g. 4G or 1500M")
+    value = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    if value <= 0:
+        raise UsageError(f"memory size '{text}' must be positive")
+    return value
+
+
+def format_bytes(n: float) -> str:
+    return f"{n / (1 << 30):.2f} GB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MB"
+
+
+def available_memory(meminfo: Path = Path("/proc/meminfo"), cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """What the machine can still give: ``MemAvailable``, or the cgroup's headroom when lower."""
+    found = []
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    for limit_file, usage_file in (("memory.max", "memory.current"),  # cgroup v2
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):  # v1
+        try:
+            limit = (cgroup / limit_file).read_text().strip()
+            usage = int((cgroup / usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 1 << 60:
+            found.append(max(0, int(limit) - usage))
+    return min(found) if found else None
+
+
+def resident_bytes() -> int:
+    """This process's resident set now (0 where /proc is missing)."""
+    try:
+        import os
+
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def reset_peak() -> bool:
+    """Restart the kernel's peak-RSS counter (VmHWM) of this process; False where not allowed."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_resident_bytes() -> int:
+    """Peak resident set since the last :func:`reset_peak` (else since the process started)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def release_free_memory() -> None:
+    """Hand memory the C heap keeps after ``free`` back to the system (glibc ``malloc_trim``).
+
+    Called between the phases of a job: without it, a transform's freed working memory can stay in
+    the resident set under the entropy stages that follow, and the phases' peaks add up.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)  # type: ignore[union-attr]
+    except (OSError, AttributeError, TypeError):
+        pass  # not glibc: nothing to trim, or nothing we can do
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """The peak resident memory of the process: ``limit`` bytes, or the machine's default.
+
+    ``share`` workers of one process (``--jobs``) divide what the process does not hold yet:
+    each plans its job within ``(budget - resident) / share``. Other workers' jobs in flight are
+    part of the resident set, so the sum never exceeds the budget (a worker planned while others
+    are busy gets smaller tiles).
+    """
+
+    limit: int | None = None
+    share: int = 1
+
+    def total(self) -> int | None:
+        """The whole budget now (None: unknown machine, no limit)."""
+        if self.limit is not None:
+            return self.limit
+        available = available_memory()
+        return None if available is None else resident_bytes() + int(available * AVAILABLE_SHARE)
+
+    def room(self) -> float:
+        """Bytes one job may add to the process now."""
+        total = self.total()
+        return float("inf") if total is None else (total - resident_bytes()) / self.share
+
+    @property
+    def source(self) -> str:
+        return "--max-memory" if self.limit is not None else "free memory of this machine"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a transform runs: whole, or on tiles of ``core_rows x core_cols`` kept units + ``halo``.
+
+    Units are image pixels for analysis and latent positions for synthesis.
+    """
+
+    whole: bool
+    core_rows: int
+    core_cols: int
+    halo: int
+    estimate: int  # bytes the job adds to the process at its peak
+
+
+def costs(arch: str) -> Costs:
+    try:
+        return COSTS[arch]
+    except KeyError:
+        raise ModelError(f"no memory costs for architecture '{arch}'") from None
+
+
+def plan_analysis(arch: str, N: int, M: int, height: int, width: int, budget: MemoryBudget,
+                  max_extent: tuple[int, int] | None = None) -> Plan:
+    """Tiles for encoding a ``height x width`` image (refused with MemoryBudgetError if impossible).
+
+    Planned at the start of the encode: the analysis tiles run alongside their growing outputs
+    (the packed ``y``), and the entropy stages run afterwards. ``max_extent`` (rows, cols in pixels)
+    caps what one run may see, halo included: the largest input an engine's profile accepts.
+    """
+    c = costs(arch)
+    halo = _round_up(analysis_halo(arch), PAD_MULTIPLE)
+    return _plan("encoding", height, width, 1, halo, PAD_MULTIPLE, c.analysis(N), LATENT_BYTES * M,
+                 c.encode_entropy(M), c.overhead, budget, max_extent)
+
+
+def plan_synthesis(arch: str, N: int, M: int, height: int, width: int, budget: MemoryBudget,
+                   max_extent: tuple[int, int] | None = None, latents_resident: bool = False) -> Plan:
+    """Tiles (in latent positions) for decoding a ``height x width`` image, or MemoryBudgetError.
+
+    Planned from the header (``latents_resident=False``: the whole decode is still to come) or at
+    the synthesis call (the entropy stages are done and what they keep is in the resident set; the
+    tiles run alongside the output image). ``max_extent`` (rows, cols in latent positions) caps
+    one run, as for :func:`plan_analysis`.
+    """
+    c = costs(arch)
+    halo = _round_up(synthesis_halo(arch), 2)
+    alongside = OUTPUT_BYTES + (0.0 if latents_resident else DECODED_LATENT_BYTES * M)
+    return _plan("decoding", height, width, Y_STRIDE, halo, 2, c.latent_synthesis(N), alongside,
+                 0.0 if latents_resident else c.decode_entropy(M), c.overhead, budget, max_extent)
+
+
+def _plan(job: str, height: int, width: int, scale: int, halo: int, align: int, per_tile_px: float,
+          alongside_px: float, entropy_px: float, overhead: int, budget: MemoryBudget,
+          max_extent: tuple[int, int] | None) -> Plan:
+    """Largest tiles (fewest computed pixels) that fit; ``scale`` pixels per unit.
+
+    The peak is the larger of the two phases: the transform (``per_tile_px`` on the tile, next to
+    ``alongside_px`` of the image) and the whole-latent entropy stages (``entropy_px``), which no
+    tiling reduces.
+    """
+    padded_h, padded_w = _round_up(height, PAD_MULTIPLE), _round_up(width, PAD_MULTIPLE)
+    rows, cols = padded_h // scale, padded_w // scale
+    cap_rows, cap_cols = max_extent or (rows, cols)
+    entropy = entropy_px * padded_h * padded_w + overhead
+    fixed = alongside_px * padded_h * padded_w + overhead
+    unit_cost = TILE_MARGIN * per_tile_px * scale * scale
+    room = budget.room()
+    if entropy > room:
+        raise MemoryBudgetError(
+            f"{job} {width}x{height} needs at least {format_bytes(entropy)} for its whole-latent stages, but the "
+            f"memory budget of {format_bytes(budget.total() or 0)} ({budget.source}) leaves "
+            f"{format_bytes(max(0.0, room))} for it; free memory or raise --max-memory")
+    whole = fixed + unit_cost * rows * cols
+    if whole <= room and rows <= cap_rows and cols <= cap_cols:
+        return Plan(True, rows, cols, 0, int(max(whole, entropy)))
+    if min(cap_rows, rows) < min(rows, align + 2 * halo) or min(cap_cols, cols) < min(cols, align + 2 * halo):
+        raise CkbdError(f"{job} in tiles needs runs of at least {align + 2 * halo} x {align + 2 * halo} "
+                        f"(x{scale} pixels) but the engine accepts at most {cap_rows} x {cap_cols}; rebuild it "
+                        "with a larger --max-size")
+    best: Plan | None = None
+    best_work = float("inf")
+    tile_room = room - fixed
+    for n_cols in range(1, cols // align + 1):
+        core_cols = _round_up(-(-cols // n_cols), align)
+        tile_cols = min(cols, core_cols + 2 * halo)
+        if tile_cols > cap_cols:
+            continue
+        by_memory = cap_rows if tile_room == float("inf") else int(tile_room // (unit_cost * tile_cols))
+        core_rows = min(rows, (min(cap_rows, by_memory) - 2 * halo) // align * align)
+        if core_rows >= align:
+            extent_rows = min(rows, core_rows + 2 * halo)
+            work = -(-rows // core_rows) * -(-cols // core_cols) * extent_rows * tile_cols
+            if work < best_work:
+                best_work = work
+                estimate = max(entropy, fixed + unit_cost * extent_rows * tile_cols)
+                best = Plan(False, core_rows, core_cols, halo, int(estimate))
+        if core_cols <= align:
+            break
+    if best is None:
+        smallest = fixed + unit_cost * min(rows, align + 2 * halo) * min(cols, align + 2 * halo)
+        raise MemoryBudgetError(
+            f"{job} {width}x{height} needs at least {format_bytes(smallest)} even in tiles, but the memory "
+            f"budget of {format_bytes(budget.total() or 0)} ({budget.source}) leaves "
+            f"{format_bytes(max(0.0, room))} for it; free memory or raise --max-memory")
+    return best
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple

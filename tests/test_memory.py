@@ -1,0 +1,121 @@
+"""The memory budget: sizes, the machine's default, refusal before allocation, acceptance."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from ckbd.errors import MemoryBudgetError, UsageError
+from ckbd.runtime import memory
+from ckbd.runtime.codec import Encoder
+from ckbd.runtime.memory import MemoryBudget, available_memory, parse_memory, plan_analysis, plan_synthesis
+
+ARCH, N, M = "mbt2018-ckbd", 64, 96
+
+
+@pytest.mark.parametrize("text,expected", [("4G", 4 << 30), ("1500M", 1500 << 20), ("1.5GiB", 3 << 29),
+                                           ("800000000", 800000000), ("512k", 512 << 10), (" 2 gb ", 2 << 30)])
+def test_parse_memory(text, expected):
+    assert parse_memory(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "4X", "-1G", "0", "G", "1.5.2G"])
+def test_parse_memory_refuses_nonsense(text):
+    with pytest.raises(UsageError):
+        parse_memory(text)
+
+
+def test_available_memory_takes_the_lower_of_meminfo_and_cgroup(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:    8000000 kB\n")
+    cgroup = tmp_path / "cg"
+    cgroup.mkdir()
+    assert available_memory(meminfo, cgroup) == 8000000 * 1024
+    (cgroup / "memory.max").write_text("3000000000\n")
+    (cgroup / "memory.current").write_text("1000000000\n")
+    assert available_memory(meminfo, cgroup) == 2000000000
+    (cgroup / "memory.max").write_text("max\n")
+    assert available_memory(meminfo, cgroup) == 8000000 * 1024
+
+
+def test_budget_is_what_the_process_does_not_hold_yet_shared_by_workers(monkeypatch):
+    monkeypatch.setattr(memory, "available_memory", lambda: 10 << 30)
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 1 << 30)
+    assert MemoryBudget().total() == (1 << 30) + int((10 << 30) * memory.AVAILABLE_SHARE)
+    assert MemoryBudget().room() == int((10 << 30) * memory.AVAILABLE_SHARE)
+    assert MemoryBudget(share=2).room() == int((10 << 30) * memory.AVAILABLE_SHARE) / 2
+    assert MemoryBudget(4 << 30, share=2).room() == 3 << 29  # what the process does not hold, halved
+
+
+@pytest.fixture
+def empty_process(monkeypatch):
+    """Plans as for a process that holds nothing yet, so that they do not depend on the test runner."""
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 0)
+
+
+@pytest.mark.parametrize("plan", [plan_analysis, plan_synthesis])
+def test_whole_image_when_it_fits(plan, empty_process):
+    p = plan(ARCH, N, M, 512, 768, MemoryBudget(2 << 30))
+    assert p.whole and p.halo == 0 and p.estimate < 2 << 30
+
+
+@pytest.mark.parametrize("plan", [plan_analysis, plan_synthesis])
+def test_tiles_when_the_whole_does_not_fit(plan, empty_process):
+    """8K in 1.5 GB: tiles whose estimate is inside the budget, halo at least the receptive field."""
+    budget = MemoryBudget(3 << 29)
+    whole = plan(ARCH, N, M, 4320, 7680, MemoryBudget(1 << 40))
+    tiled = plan(ARCH, N, M, 4320, 7680, budget)
+    assert whole.whole and whole.estimate > 3 << 29
+    assert not tiled.whole and tiled.estimate <= 3 << 29 and tiled.halo > 0
+
+
+@pytest.mark.parametrize("plan", [plan_analysis, plan_synthesis])
+def test_refused_when_even_tiles_do_not_fit(plan, empty_process):
+    with pytest.raises(MemoryBudgetError) as err:
+        plan(ARCH, N, M, 9000, 12000, MemoryBudget(1 << 30))
+    message = str(err.value)
+    assert "\n" not in message and "12000x9000" in message and "1.00 GB" in message and "--max-memory" in message
+
+
+def test_the_larger_model_needs_more():
+    small = plan_synthesis(ARCH, 64, 96, 2160, 3840, MemoryBudget(1 << 40)).estimate
+    large = plan_synthesis(ARCH, 192, 320, 2160, 3840, MemoryBudget(1 << 40)).estimate
+    assert large > 1.5 * small
+
+
+def test_encoder_refuses_before_allocating():
+    """An 8192x8192 image (a view of one pixel, so the test allocates nothing) is refused by the
+    planner before the float network input (800 MB) or anything else image-sized exists."""
+    encoder = Encoder.open(threads=1)
+    encoder.model.memory = MemoryBudget(64 << 20)
+    image = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (8192, 8192, 3))
+    tracemalloc.start()
+    try:
+        with pytest.raises(MemoryBudgetError, match="8192x8192"):
+            encoder.encode(image)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+
+
+def test_peak_rss_follows_an_allocation():
+    if not memory.reset_peak():
+        pytest.skip("this kernel does not let a process reset its peak RSS")
+    base = memory.peak_resident_bytes()
+    block = np.ones(64 << 20, np.uint8)
+    assert memory.peak_resident_bytes() >= base + (60 << 20)
+    del block
+    memory.reset_peak()
+    assert memory.peak_resident_bytes() < base + (60 << 20)
+
+
+@pytest.mark.parametrize("plan,cap", [(plan_analysis, (1024, 1536)), (plan_synthesis, (64, 96))])
+def test_engine_extent_caps_the_tiles(plan, cap, empty_process):
+    """An engine built for at most ``cap`` gets tiles (halo included) inside it, even with memory to spare."""
+    p = plan(ARCH, N, M, 4320, 7680, MemoryBudget(1 << 40), cap)
+    assert not p.whole
+    assert p.core_rows + 2 * p.halo <= cap[0] and p.core_cols + 2 * p.halo <= cap[1]
+    assert plan(ARCH, N, M, 512, 768, MemoryBudget(1 << 40), cap).whole

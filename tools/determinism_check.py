@@ -1,0 +1,235 @@
+"""Encode with one configuration, decode with every configuration this machine has, and compare.
+
+    python -m ckbd.tools.determinism_check MODEL_DIR IMAGES... [--checkpoint CKPT] [--json FILE]
+
+The encoder is ONNX Runtime with default settings. Each decoder configuration (ONNX Runtime at
+every graph optimisation level and 1/2 threads, the torch backend, the FP16 and INT8 synthesis
+variants, CUDA where present) decodes every stream and is scored on: images decoded, images
+failed (a decode counts when every symbol equals the encoder's), index flips (scale indexes that
+differ from the encoder's when fed the encoder's own latents: the cause of a failed decode, counted
+even when decoding fails), mean flips (means that differ in any bit) and the PSNR between its
+reconstruction and the reference decode. It is the first thing to run on a machine with a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from ckbd.errors import CkbdError
+from ckbd.runtime.codec import Decoder, Encoder, Latents
+from ckbd.runtime.stages import ANCHOR_PARAMS, HYPER_SYNTHESIS, NONANCHOR_PARAMS
+
+OpenDecoder = Callable[[], Decoder]
+
+
+@dataclass
+class ConfigResult:
+    """How one decoder configuration fared on every stream."""
+
+    name: str
+    images: int = 0
+    decoded: int = 0
+    failed: int = 0
+    index_flips: int = 0
+    mean_flips: int = 0
+    min_psnr_db: float | None = None  # vs the reference decode; None: identical everywhere
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DeterminismReport:
+    model_dir: str
+    entropy_params: str
+    encoder: str
+    machine: str
+    configs: list[ConfigResult]
+
+    @property
+    def all_exact(self) -> bool:
+        return all(c.failed == 0 and c.index_flips == 0 and c.mean_flips == 0 for c in self.configs)
+
+
+def decoder_configs(model_dir: Path, checkpoint: Path | None) -> dict[str, OpenDecoder]:
+    """Every decoder configuration available here, by name (opened lazily)."""
+    import onnxruntime as ort
+
+    from ckbd.runtime.manifest import Manifest
+
+    manifest = Manifest.load(model_dir)
+    configs: dict[str, OpenDecoder] = {}
+    for level in ("disable", "basic", "all"):
+        for threads in (1, 2):
+            configs[f"ort-{level}-{threads}t"] = _ort(model_dir, threads=threads, optimization=level)
+    for precision in ("fp16", "int8"):
+        if precision in manifest.variants:
+            configs[f"ort-{precision}-synthesis"] = _ort(model_dir, precision=precision)
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        configs["ort-cuda"] = _ort(model_dir, device="cuda")
+    if checkpoint is not None and _has_torch():
+        import torch
+
+        configs["torch-cpu"] = _torch(model_dir, checkpoint, manifest.entropy_params, "cpu")
+        if torch.cuda.is_available():
+            configs["torch-cuda"] = _torch(model_dir, checkpoint, manifest.entropy_params, "cuda")
+    return configs
+
+
+def _ort(model_dir: Path, **options: object) -> OpenDecoder:
+    return lambda: Decoder.open(model_dir, "onnxruntime", **options)
+
+
+def _torch(model_dir: Path, checkpoint: Path, path: str, device: str) -> OpenDecoder:
+    def open_decoder() -> Decoder:
+        from ckbd.export.torch_backend import TorchBackend, load_integer_params, reference_package
+        from ckbd.runtime.model import CodecModel
+
+        spec = load_integer_params(model_dir) if path == "integer" else None
+        manifest, y_tables, z_tables, cpu_backend = reference_package(checkpoint, spec)
+        backend = TorchBackend(cpu_backend.model, cpu_backend.scale_table, device=device, integer_params=spec)
+        runners = {stage: backend.load(None, stage) for stage in Decoder.STAGES}
+        return Decoder(CodecModel.from_parts(manifest, y_tables, z_tables, runners, f"torch-{device}"))
+
+    return open_decoder
+
+
+def _has_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def parameter_outputs(decoder: Decoder | Encoder, latents: Latents) -> dict[str, np.ndarray]:
+    """Indexes and means this configuration computes from the encoder's own latents."""
+    model = decoder.model
+    hyper = model.runner(HYPER_SYNTHESIS).run({"z_symbols": latents.z_symbols})["hyper"]
+    anchor = model.runner(ANCHOR_PARAMS).run({"hyper": hyper})
+    nonanchor = model.runner(NONANCHOR_PARAMS).run({"hyper": hyper, "anchor_hat": latents.anchor_hat})
+    return {k: np.asarray(v) for k, v in {**anchor, **nonanchor}.items()}
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def run_check(model_dir: Path, images: list[np.ndarray], checkpoint: Path | None = None,
+              configs: dict[str, OpenDecoder] | None = None, progress: bool = True) -> DeterminismReport:
+    """Encode each image once (ONNX Runtime defaults), decode with every configuration."""
+    from ckbd.progress import progress as progress_bar
+    from ckbd.runtime.manifest import Manifest
+
+    encoder = Encoder.open(model_dir)
+    reference = Decoder.open(model_dir)
+    streams = []
+    for image in images:
+        result = encoder.encode_detailed(image, estimate=False)
+        streams.append((result.data, result.latents, parameter_outputs(encoder, result.latents),
+                        reference.decode(result.data)))
+    configs = configs if configs is not None else decoder_configs(model_dir, checkpoint)
+    results = []
+    for name, open_decoder in progress_bar(configs.items(), desc="configurations", unit="config",
+                                           enabled=progress):
+        results.append(_score(name, open_decoder, streams))
+    manifest = Manifest.load(model_dir)
+    return DeterminismReport(str(model_dir), manifest.entropy_params, "onnxruntime (defaults)",
+                             f"{platform.machine()} {platform.processor() or platform.system()}", results)
+
+
+def _score(name: str, open_decoder: OpenDecoder, streams: list) -> ConfigResult:  # type: ignore[type-arg]
+    result = ConfigResult(name)
+    try:
+        decoder = open_decoder()
+    except CkbdError as exc:
+        result.errors.append(f"cannot open: {exc}")
+        return result
+    psnrs = []
+    for data, latents, expected, reference_image in streams:
+        result.images += 1
+        got = parameter_outputs(decoder, latents)
+        for key, value in expected.items():
+            differ = int(np.count_nonzero(got[key] != value))
+            if key.endswith("indexes"):
+                result.index_flips += differ
+            else:
+                result.mean_flips += differ
+        try:
+            decoded = decoder.decode_detailed(data)
+        except CkbdError as exc:
+            result.failed += 1
+            result.errors.append(str(exc))
+            continue
+        if _same_symbols(decoded.latents, latents):
+            result.decoded += 1
+            psnrs.append(psnr(decoded.image, reference_image))
+        else:  # the CRC would normally catch this; counted as a failure all the same
+            result.failed += 1
+    finite = [p for p in psnrs if math.isfinite(p)]
+    result.min_psnr_db = min(finite) if finite else None
+    return result
+
+
+def _same_symbols(a: Latents, b: Latents) -> bool:
+    """What decoding must reproduce: every coded symbol (float-path means may differ in last bits)."""
+    return all(np.array_equal(getattr(a, name), getattr(b, name))
+               for name in ("z_symbols", "anchor_symbols", "nonanchor_symbols"))
+
+
+def format_table(report: DeterminismReport) -> str:
+    lines = [f"model {report.model_dir} ({report.entropy_params} entropy parameters), encoder {report.encoder}",
+             f"{'decoder':<24} {'images':>6} {'decoded':>7} {'failed':>6} {'index flips':>11} "
+             f"{'mean flips':>10} {'min PSNR vs ref':>15}"]
+    for c in report.configs:
+        shown = "identical" if c.min_psnr_db is None and c.decoded else (
+            "-" if c.min_psnr_db is None else f"{c.min_psnr_db:.2f} dB")
+        lines.append(f"{c.name:<24} {c.images:>6} {c.decoded:>7} {c.failed:>6} {c.index_flips:>11} "
+                     f"{c.mean_flips:>10} {shown:>15}")
+    return "\n".join(lines)
+
+
+def report_json(report: DeterminismReport) -> str:
+    return json.dumps({**asdict(report), "all_exact": report.all_exact}, indent=2)
+
+
+def main(
+    model_dir: Path = typer.Argument(..., help="Exported model directory."),
+    images: list[Path] = typer.Argument(..., help="Images or folders of images."),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="Checkpoint of the model: adds the torch backend "
+                                    "(the shipped model's is found automatically)."),
+    count: int = typer.Option(0, "--count", help="Use only the first N images (0: all)."),
+    json_out: Path = typer.Option(None, "--json", help="Write the report as JSON."),
+) -> None:
+    """Decode CPU-encoded streams with every configuration available and report mismatches."""
+    from ckbd.cli.batch import expand_inputs
+    from ckbd.runtime.imageio import IMAGE_SUFFIXES, read_image
+    from ckbd.runtime.model import default_model_dir
+
+    if checkpoint is None and Path(model_dir).resolve() == default_model_dir().resolve():
+        checkpoint = default_model_dir().parent / "default_checkpoint.pt"
+    files = expand_inputs(images, set(IMAGE_SUFFIXES))[: count or None]
+    report = run_check(Path(model_dir), [read_image(p, quiet=True) for p in files], checkpoint)
+    typer.echo(format_table(report))
+    if json_out is not None:
+        json_out.write_text(report_json(report) + "\n")
+    raise typer.Exit(0 if report.all_exact or report.entropy_params == "float" else 1)
+
+
+def run() -> None:
+    try:
+        typer.run(main)
+    except CkbdError as exc:
+        typer.secho(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    run()
