@@ -254,3 +254,12 @@ def test_determinism_check_reports_per_configuration(exported, tmp_path: Path) -
     assert rows["mismatched"].failed == 2 and rows["mismatched"].index_flips > 0
     assert not report.all_exact
     assert "mismatched" in format_table(report) and '"all_exact": false' in report_json(report)
+
+
+def test_graphs_equal_the_reference_on_an_encoders_own_latents(exported) -> None:  # type: ignore[no-untyped-def]
+    """Real inputs: the z symbols and decoded anchors an encode of a photo-like image produces."""
+    _, spec, model_dir = exported
+    latents = Encoder.open(model_dir).encode_detailed(rgb_array(192, 256, seed=5), estimate=False).latents
+    want = _reference(spec, latents.z_symbols, latents.anchor_hat)
+    for level in LEVELS:
+        _assert_same(_ort_outputs(model_dir, latents.z_symbols, latents.anchor_hat, threads=2, optimization=level), want)
