@@ -104,11 +104,12 @@ def export_command(
     if not 4 <= activation_bits <= 12:
         raise UsageError(f"--activation-bits must be between 4 and 12, got {activation_bits}")
     from ckbd.export.onnx_export import export_model
+    from ckbd.export.stage_modules import require_checkerboard
     from ckbd.models.checkpoint import load_model
     from ckbd.runtime.stages import ALL_STAGES
 
     path = _resolve_checkpoint(checkpoint, use_default)
-    model = load_model(path)
+    model = require_checkerboard(load_model(path))  # an unexportable model is refused before calibrating
     spec = None
     if entropy_params == "integer":
         spec = _integer_params(model, use_default and calibration_images is None, calibration_images, activation_bits)
