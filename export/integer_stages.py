@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ckbd.export.optimize import PackedContext, SortedTableIndex, fast_deconv
+from ckbd.export.optimize import PackedContext, fast_deconv
+from ckbd.export.scale_index import SortedTableIndex
 from ckbd.models import checkerboard as cb
 from ckbd.runtime.intparams import (
     ANCHOR_LIMIT,

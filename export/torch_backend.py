@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ckbd.errors import ModelError
+from ckbd.errors import ModelError, ModelMismatchError
 from ckbd.export.integer_stages import integer_stage_modules
 from ckbd.export.model_package import build_package
 from ckbd.export.stage_modules import (
@@ -73,6 +73,7 @@ class TorchBackend:
     def __init__(self, model: HyperpriorModel, scale_table: np.ndarray | None = None, device: str = "cpu",
                  cpu_stages: Collection[str] = (), integer_params: IntegerParams | None = None) -> None:
         self.model = require_checkerboard(model).eval()
+        self.integer_params = integer_params
         # The integer path's three stages run the spec in float64: exact like the ONNX graphs.
         self._integer = integer_stage_modules(integer_params, torch.float64) if integer_params else {}
         self.scale_table = default_scale_table() if scale_table is None else np.asarray(scale_table, np.float32)
@@ -111,6 +112,20 @@ def reference_package(
                                                       integer_params=spec)
 
 
+def reference_of_export(
+    checkpoint: Path | str, model_dir: Path | str, hint: str = "",
+) -> tuple[Manifest, EntropyTables, EntropyTables, TorchBackend]:
+    """:func:`reference_package` of the checkpoint an exported directory was made from, on the same
+    entropy-parameter path; a checkpoint the directory was not exported from is refused (``hint``
+    says what to do instead)."""
+    exported = Manifest.load(Path(model_dir))
+    spec = load_integer_params(model_dir) if exported.integer_params is not None else None
+    package = reference_package(checkpoint, spec)
+    if package[0].fingerprint != exported.fingerprint:
+        raise ModelMismatchError(f"{model_dir} was not exported from {checkpoint}{hint}")
+    return package
+
+
 def load_integer_params(source: IntegerParams | Path | str | None) -> IntegerParams | None:
     """A spec from itself, its file, or the model directory that holds it (None: the float path)."""
     if source is None or isinstance(source, IntegerParams):
@@ -122,8 +137,17 @@ def load_integer_params(source: IntegerParams | Path | str | None) -> IntegerPar
 def open_reference(cls: type[C], checkpoint_or_model: HyperpriorModel | Path | str,
                    integer_params: IntegerParams | Path | None = None) -> C:
     """An :class:`~ckbd.runtime.codec.Encoder` or ``Decoder`` (``cls``) running a checkpoint on torch."""
+    return _open(cls, reference_package(checkpoint_or_model, integer_params))
+
+
+def open_reference_of_export(cls: type[C], checkpoint: Path | str, model_dir: Path | str, hint: str = "") -> C:
+    """:func:`open_reference` on the path of an exported directory (see :func:`reference_of_export`)."""
+    return _open(cls, reference_of_export(checkpoint, model_dir, hint))
+
+
+def _open(cls: type[C], package: tuple[Manifest, EntropyTables, EntropyTables, TorchBackend]) -> C:
     from ckbd.runtime.model import CodecModel
 
-    manifest, y_tables, z_tables, backend = reference_package(checkpoint_or_model, integer_params)
+    manifest, y_tables, z_tables, backend = package
     runners = {stage: backend.load(None, stage) for stage in cls.STAGES}  # type: ignore[attr-defined]
     return cls(CodecModel.from_parts(manifest, y_tables, z_tables, runners, "torch"))  # type: ignore[call-arg]

@@ -31,7 +31,7 @@ from ckbd.runtime.stages import (
     HYPER_SYNTHESIS,
     NONANCHOR_PARAMS,
 )
-from ckbd.runtime.tiling import analyse_image, synthesise_image
+from ckbd.runtime.tiling import analyse_image, network_input, synthesise_image
 
 #: Coding callback for one half: (indexes, means) -> integer symbols.
 CodeHalf = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -247,7 +247,4 @@ def check_image(image: np.ndarray) -> tuple[int, int]:
 
 def to_network_input(image: np.ndarray) -> np.ndarray:
     """Edge-pad to a multiple of 64 (cropped back after decoding) and lay out as float NCHW."""
-    height, width = image.shape[:2]
-    padded_h, padded_w = bs.padded_size(height, width)
-    padded = np.pad(image, ((0, padded_h - height), (0, padded_w - width), (0, 0)), mode="edge")
-    return np.ascontiguousarray(padded.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255.0)
+    return network_input(image)

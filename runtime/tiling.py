@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ckbd.runtime.backend import Tensor, to_host
+from ckbd.runtime.bitstream import padded_size
 from ckbd.runtime.memory import Plan, plan_analysis, plan_synthesis, release_free_memory
-from ckbd.runtime.stages import ANALYSIS, LATENT_SYNTHESIS, PAD_MULTIPLE, Y_STRIDE, Z_STRIDE
+from ckbd.runtime.stages import ANALYSIS, LATENT_SYNTHESIS, Y_STRIDE, Z_STRIDE
 
 if TYPE_CHECKING:
     from ckbd.runtime.model import CodecModel
@@ -69,14 +70,18 @@ def network_tile(image: np.ndarray, rows: Span, cols: Span) -> np.ndarray:
     return np.ascontiguousarray(tile, dtype=np.float32) / np.float32(255.0)
 
 
+def network_input(image: np.ndarray) -> np.ndarray:
+    """The whole edge-padded image as float NCHW: the one padding rule, whole or tiled."""
+    padded_h, padded_w = padded_size(*image.shape[:2])
+    return network_tile(image, Span(0, padded_h, 0, padded_h), Span(0, padded_w, 0, padded_w))
+
+
 def analyse(run: StageRun, image: np.ndarray, plan: Plan, N: int, M: int) -> dict[str, np.ndarray]:
     """The analysis outputs (packed y halves, z symbols) of a whole image, tile by tile."""
-    padded_h = -(-image.shape[0] // PAD_MULTIPLE) * PAD_MULTIPLE
-    padded_w = -(-image.shape[1] // PAD_MULTIPLE) * PAD_MULTIPLE
+    padded_h, padded_w = padded_size(*image.shape[:2])
     h, w = padded_h // Y_STRIDE, padded_w // Y_STRIDE
     if plan.whole:
-        whole = Span(0, padded_h, 0, padded_h), Span(0, padded_w, 0, padded_w)
-        out = run(ANALYSIS, {"image": network_tile(image, *whole)})
+        out = run(ANALYSIS, {"image": network_input(image)})
         return {k: to_host(v) for k, v in out.items()}
     y_anchor = np.empty((1, M, h, w // 2), np.float32)
     y_nonanchor = np.empty_like(y_anchor)

@@ -26,6 +26,8 @@ import typer
 from ckbd.errors import CkbdError
 from ckbd.runtime.codec import Decoder, Encoder, Latents
 from ckbd.runtime.stages import ANCHOR_PARAMS, HYPER_SYNTHESIS, NONANCHOR_PARAMS
+from ckbd.tools.gpu_targets import default_checkpoint, torch_cuda_missing, torch_target
+from ckbd.tools.metrics import psnr
 
 OpenDecoder = Callable[[], Decoder]
 
@@ -74,11 +76,9 @@ def decoder_configs(model_dir: Path, checkpoint: Path | None) -> dict[str, OpenD
     if "CUDAExecutionProvider" in ort.get_available_providers():
         configs["ort-cuda"] = _ort(model_dir, device="cuda")
     if checkpoint is not None and _has_torch():
-        import torch
-
-        configs["torch-cpu"] = _torch(model_dir, checkpoint, manifest.entropy_params, "cpu")
-        if torch.cuda.is_available():
-            configs["torch-cuda"] = _torch(model_dir, checkpoint, manifest.entropy_params, "cuda")
+        configs["torch-cpu"] = _torch(model_dir, checkpoint, "cpu")
+        if torch_cuda_missing() is None:
+            configs["torch-cuda"] = _torch(model_dir, checkpoint, "cuda")
     return configs
 
 
@@ -86,18 +86,10 @@ def _ort(model_dir: Path, **options: object) -> OpenDecoder:
     return lambda: Decoder.open(model_dir, "onnxruntime", **options)
 
 
-def _torch(model_dir: Path, checkpoint: Path, path: str, device: str) -> OpenDecoder:
-    def open_decoder() -> Decoder:
-        from ckbd.export.torch_backend import TorchBackend, load_integer_params, reference_package
-        from ckbd.runtime.model import CodecModel
-
-        spec = load_integer_params(model_dir) if path == "integer" else None
-        manifest, y_tables, z_tables, cpu_backend = reference_package(checkpoint, spec)
-        backend = TorchBackend(cpu_backend.model, cpu_backend.scale_table, device=device, integer_params=spec)
-        runners = {stage: backend.load(None, stage) for stage in Decoder.STAGES}
-        return Decoder(CodecModel.from_parts(manifest, y_tables, z_tables, runners, f"torch-{device}"))
-
-    return open_decoder
+def _torch(model_dir: Path, checkpoint: Path, device: str) -> OpenDecoder:
+    """The GPU check's torch target (same routing and cuDNN settings), as a plain decoder."""
+    target = torch_target(model_dir, checkpoint, device)
+    return lambda: target.open()[0]
 
 
 def _has_torch() -> bool:
@@ -115,11 +107,6 @@ def parameter_outputs(decoder: Decoder | Encoder, latents: Latents) -> dict[str,
     anchor = model.runner(ANCHOR_PARAMS).run({"hyper": hyper})
     nonanchor = model.runner(NONANCHOR_PARAMS).run({"hyper": hyper, "anchor_hat": latents.anchor_hat})
     return {k: np.asarray(v) for k, v in {**anchor, **nonanchor}.items()}
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def run_check(model_dir: Path, images: list[np.ndarray], checkpoint: Path | None = None,
@@ -211,10 +198,8 @@ def main(
     """Decode CPU-encoded streams with every configuration available and report mismatches."""
     from ckbd.cli.batch import expand_inputs
     from ckbd.runtime.imageio import IMAGE_SUFFIXES, read_image
-    from ckbd.runtime.model import default_model_dir
 
-    if checkpoint is None and Path(model_dir).resolve() == default_model_dir().resolve():
-        checkpoint = default_model_dir().parent / "default_checkpoint.pt"
+    checkpoint = checkpoint or default_checkpoint(Path(model_dir))
     files = expand_inputs(images, set(IMAGE_SUFFIXES))[: count or None]
     report = run_check(Path(model_dir), [read_image(p, quiet=True) for p in files], checkpoint)
     typer.echo(format_table(report))

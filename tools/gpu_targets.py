@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckbd.errors import ModelMismatchError
 from ckbd.runtime.backend import Runner
 from ckbd.runtime.manifest import Manifest
 from ckbd.runtime.ort_backend import CUDA_PROVIDER, exact_cpu_stage
@@ -118,21 +117,18 @@ def torch_target(model_dir: Path, checkpoint: Path, device: str) -> Target:
     def open_() -> tuple[Any, Callable[[], None]]:
         import torch
 
-        from ckbd.export.torch_backend import TorchBackend, load_integer_params, reference_package
+        from ckbd.export.torch_backend import TorchBackend, reference_of_export
         from ckbd.runtime.codec import Decoder
         from ckbd.runtime.model import CodecModel
 
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.benchmark = False
-        exported = Manifest.load(model_dir)
-        spec = load_integer_params(model_dir) if exported.integer_params is not None else None
-        manifest, y_tables, z_tables, reference = reference_package(checkpoint, spec)
-        if manifest.fingerprint != exported.fingerprint:
-            raise ModelMismatchError(f"{model_dir} was not exported from {checkpoint}; pass its --checkpoint")
+        manifest, y_tables, z_tables, reference = reference_of_export(checkpoint, model_dir,
+                                                                      "; pass its --checkpoint")
         cpu_stages = [s for s in ALL_STAGES if exact_cpu_stage(manifest, s)]
         backend = TorchBackend(reference.model, reference.scale_table, device=device, cpu_stages=cpu_stages,
-                               integer_params=spec)
+                               integer_params=reference.integer_params)
         runners: dict[str, Runner] = {stage: backend.load(None, stage) for stage in Decoder.STAGES}
         model = CodecModel.from_parts(manifest, y_tables, z_tables, runners, f"torch-{device}")
         return _opened(backend, Decoder(model))

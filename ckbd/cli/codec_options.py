@@ -7,8 +7,6 @@ from typing import TypeVar
 
 import typer
 
-from ckbd.errors import CkbdError
-
 ModelOption = typer.Option(None, "--model", "-m",
                            help="Exported model directory (default: the shipped model). A checkpoint with --backend torch.")
 
@@ -58,20 +56,13 @@ def open_codec(cls: type[C], model: Path | None, backend: str, threads: int = 0,
 def _open_torch(cls: type[C], model: Path | None) -> C:
     """The torch reference: a checkpoint (float path), a model directory exported from the shipped
     checkpoint, or by default the shipped model itself on its integer path (same bitstreams as ONNX)."""
-    from ckbd.export.torch_backend import open_reference
+    from ckbd.export.torch_backend import open_reference, open_reference_of_export
     from ckbd.runtime.model import default_model_dir
 
     if model is None or model.is_dir():
         shipped = default_model_dir()
-        directory = shipped if model is None else model
-        checkpoint = shipped.parent / "default_checkpoint.pt"
-        from ckbd.runtime.manifest import Manifest
-
-        manifest = Manifest.load(directory)
-        codec = open_reference(cls, checkpoint, directory if manifest.entropy_params == "integer" else None)
-        if codec.manifest.fingerprint != manifest.fingerprint:  # type: ignore[attr-defined]
-            raise CkbdError(f"--backend torch with a model directory needs the checkpoint it was exported from; "
-                            f"{directory} is not the shipped model: pass --model CHECKPOINT (float path) or use "
-                            "ckbd.export.torch_backend.open_reference(cls, CHECKPOINT, MODEL_DIR) from Python")
-        return codec
+        return open_reference_of_export(
+            cls, shipped.parent / "default_checkpoint.pt", shipped if model is None else model,
+            " (the shipped checkpoint): pass --model CHECKPOINT (float path) or use "
+            "ckbd.export.torch_backend.open_reference(cls, CHECKPOINT, MODEL_DIR) from Python")
     return open_reference(cls, model)
