@@ -15,14 +15,17 @@ from ckbd.calibration.quantize import (
     check_stages,
     int8_file_name,
 )
+from ckbd.calibration.targets import DEFAULT_TARGET, TARGETS
 
 __all__ = [
     "DEFAULT_COUNT",
     "DEFAULT_METHOD",
+    "DEFAULT_TARGET",
     "INT8",
     "METHODS",
     "PARAMETER_STAGES",
     "QUANTIZABLE_STAGES",
+    "TARGETS",
     "calibrate",
     "check_stages",
     "int8_file_name",

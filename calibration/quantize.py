@@ -6,7 +6,9 @@ Only the *image* transforms may be quantised: ``latent_synthesis`` (decoder) and
 decoder must reproduce them bit for bit, and an int8 rounding difference there turns into a corrupt
 stream, so they are refused outright.
 
-Format choices, made for TensorRT's explicit quantisation (which also runs as is on ONNX Runtime):
+Two recipes (:mod:`ckbd.calibration.targets`, ``--target``): ``tensorrt`` (the default, described
+below) and ``cpu``, which differs only in its activations (asymmetric uint8) and biases (int32).
+Format choices for ``tensorrt`` (explicit quantisation, which also runs as is on ONNX Runtime):
 
 * **QDQ format** (QuantizeLinear/DequantizeLinear around float ops), not QOperator: TensorRT only
   imports Q/DQ, and an ONNX Runtime CPU session fuses the pairs into int8 kernels itself.
@@ -55,23 +57,20 @@ from typing import Any
 
 from ckbd.calibration import qdq_graph
 from ckbd.calibration.data import ImageFeedReader, find_images, stage_feeds
+from ckbd.calibration.targets import DEFAULT_TARGET, quant_target
+from ckbd.engines.policy import FP32_STAGES, REDUCED_PRECISION_STAGES
 from ckbd.errors import CkbdError, ModelError, require
 from ckbd.runtime.atomic import atomic_path
 from ckbd.runtime.manifest import GraphEntry, Manifest, file_sha256
-from ckbd.runtime.stages import (
-    ALL_STAGES,
-    ANALYSIS,
-    ANCHOR_PARAMS,
-    HYPER_SYNTHESIS,
-    LATENT_SYNTHESIS,
-    NONANCHOR_PARAMS,
-)
+from ckbd.runtime.stages import ALL_STAGES, LATENT_SYNTHESIS
 
 INT8 = "int8"
-#: Stages that may be quantised, in the order they are processed.
-QUANTIZABLE_STAGES = (LATENT_SYNTHESIS, ANALYSIS)
-#: Stages that decide scale indexes and means; quantising them would desynchronise the coder.
-PARAMETER_STAGES = (HYPER_SYNTHESIS, ANCHOR_PARAMS, NONANCHOR_PARAMS)
+#: Stages that may be quantised, in the order they are processed (the one policy:
+#: :data:`ckbd.engines.policy.REDUCED_PRECISION_STAGES`).
+QUANTIZABLE_STAGES = REDUCED_PRECISION_STAGES
+#: Stages that decide scale indexes and means; quantising them would desynchronise the coder
+#: (:data:`ckbd.engines.policy.FP32_STAGES`).
+PARAMETER_STAGES = FP32_STAGES
 METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_METHOD = "entropy"
 #: As many images as Kodak has; calibration time grows linearly with it (about 1.7 s per
@@ -122,6 +121,9 @@ class QuantSettings:
     percentile: float = DEFAULT_PERCENTILE
     quantize_gdn: bool = False
     reduce_range: bool = False
+    target: str = DEFAULT_TARGET
+    #: Keep the most sensitive layers float until the PSNR loss is at most this (None: keep none).
+    max_loss_db: float | None = None
 
 
 def calibrate(
@@ -135,17 +137,26 @@ def calibrate(
     progress: bool = True,
     quantize_gdn: bool = False,
     reduce_range: bool = False,
+    target: str = DEFAULT_TARGET,
+    max_loss_db: float | None = None,
 ) -> Manifest:
     """Write ``<stage>.int8.onnx`` for each stage and list it in the manifest as ``int8``.
 
     ``images`` is a list of image files or a folder (the first ``count`` images, sorted, are
-    used). Returns the updated manifest, already saved. Each graph file and then the manifest are
+    used). ``target`` picks the recipe (:mod:`ckbd.calibration.targets`); ``max_loss_db`` keeps
+    the most sensitive layers of ``latent_synthesis`` in float until its PSNR loss on the
+    calibration images is within budget (:mod:`ckbd.calibration.sensitivity`). Returns the updated
+    manifest, already saved. Each graph file and then the manifest are
     replaced atomically, so a concurrent reader sees either the old or the new variant.
     """
     require("onnx", "calibration", "INT8 calibration")
     model_dir = Path(model_dir)
     stages = check_stages(stages)
-    settings = QuantSettings(_check_method(method), per_channel, quantize_gdn=quantize_gdn, reduce_range=reduce_range)
+    quant_target(target)
+    if max_loss_db is not None and max_loss_db < 0:
+        raise CkbdError(f"--max-loss-db must be at least 0, got {max_loss_db}")
+    settings = QuantSettings(_check_method(method), per_channel, quantize_gdn=quantize_gdn, reduce_range=reduce_range,
+                             target=target, max_loss_db=max_loss_db)
     files = _select_images(images, count)
     manifest = Manifest.load(model_dir)
     for stage in QUANTIZABLE_STAGES:
@@ -153,11 +164,12 @@ def calibrate(
             continue
         float_path = _float_graph(manifest, model_dir, stage)
         reader = ImageFeedReader(files, stage_feeds(stage, model_dir, threads), f"calibrating {stage}", progress)
-        target = model_dir / int8_file_name(stage)
-        quantize_stage(float_path, target, reader, settings)
+        out = model_dir / int8_file_name(stage)
+        search = _sensitivity_search(stage, model_dir, files, threads, settings)
+        notes = quantize_stage(float_path, out, reader, settings, search)
         manifest = Manifest.load(model_dir)  # re-read: keep whatever else changed meanwhile
-        manifest.variants.setdefault(INT8, {})[stage] = GraphEntry(target.name, file_sha256(target), INT8)
-        manifest.extra.setdefault("calibration", {})[stage] = _provenance(settings, files)
+        manifest.variants.setdefault(INT8, {})[stage] = GraphEntry(out.name, file_sha256(out), INT8)
+        manifest.extra.setdefault("calibration", {})[stage] = {**_provenance(settings, files), **notes}
         manifest.save(model_dir)
     return manifest
 
@@ -194,26 +206,62 @@ def _float_graph(manifest: Manifest, model_dir: Path, stage: str) -> Path:
 def _provenance(settings: QuantSettings, files: Sequence[Path]) -> dict[str, Any]:
     """What the manifest records about a calibration, so a result can be traced and repeated."""
     weights = "int8 symmetric " + ("[-64, 64] (reduce_range)" if settings.reduce_range else "[-127, 127]")
+    target = quant_target(settings.target)
     return {"method": settings.method, "per_channel": settings.per_channel, "images": len(files),
-            "activations": "int8 symmetric per-tensor", "weights": weights,
+            "activations": target.activations_label(), "weights": weights, "target": target.name,
+            "biases": "int32" if target.quantize_bias else "float",
             "quantize_gdn": settings.quantize_gdn, "reduce_range": settings.reduce_range}
 
 
-def quantize_stage(float_path: Path, target: Path, reader: ImageFeedReader, settings: QuantSettings) -> None:
-    """Pre-process, calibrate and quantise one graph; publish it atomically at ``target``."""
+#: Images the sensitivity search evaluates each candidate graph on (the first of the calibration set).
+SENSITIVITY_IMAGES = 4
+
+
+def _sensitivity_search(stage: str, model_dir: Path, files: Sequence[Path], threads: int,
+                        settings: QuantSettings) -> Any:
+    """The layer search for ``stage``, or None (only synthesis pixels have a PSNR to budget)."""
+    if settings.max_loss_db is None or stage != LATENT_SYNTHESIS:
+        return None
+    from ckbd.calibration.sensitivity import LayerSearch, synthesis_samples
+
+    samples = synthesis_samples(model_dir, files[:SENSITIVITY_IMAGES], threads)
+    return LayerSearch(samples, settings.max_loss_db, threads)
+
+
+def quantize_stage(float_path: Path, target: Path, reader: ImageFeedReader, settings: QuantSettings,
+                   search: Any = None) -> dict[str, Any]:
+    """Pre-process, calibrate and quantise one graph; publish it atomically at ``target``.
+
+    With a ``search`` (:class:`~ckbd.calibration.sensitivity.LayerSearch`), the activation ranges
+    are calibrated once and the graph re-quantised with more layers left float until the budget
+    holds. Returns what the search found (empty without one), for the manifest.
+    """
     onnx = require("onnx", "calibration", "INT8 calibration")
     with tempfile.TemporaryDirectory(prefix="ckbd-calib-") as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "quantized.onnx"
+        cache = Path(tmp) / "ranges.json" if search is not None else None  # ranges reused per candidate
         _pre_process(float_path, prepared)
-        _quantize_static(prepared, quantized, reader, settings, float_nodes(onnx.load(str(prepared)), settings))
-        model = onnx.load(str(quantized))
-        qdq_graph.float_outputs_to_graph(model)
-        qdq_graph.private_quant_params(model)
-        qdq_graph.drop_unused_opsets(model)
+        base = float_nodes(onnx.load(str(prepared)), settings)
+        notes: dict[str, Any] = {}
+
+        def quantize(extra_float: Sequence[str]) -> Any:
+            _quantize_static(prepared, quantized, reader, settings, [*base, *extra_float], cache)
+            model = onnx.load(str(quantized))
+            qdq_graph.float_outputs_to_graph(model)
+            qdq_graph.private_quant_params(model)
+            qdq_graph.drop_unused_opsets(model)
+            return model
+
+        if search is None:
+            model = quantize([])
+        else:
+            result = search.run(onnx.load(str(prepared)), base, quantize, float_path)
+            model, notes = quantize(result.float_convs), result.to_manifest()
         with atomic_path(target) as out:
             onnx.save(model, str(out))
             check_quantized(float_path, out)
             os.chmod(out, float_path.stat().st_mode & 0o777)  # mkstemp makes 0600; match the float graph
+    return notes
 
 
 def float_nodes(model: Any, settings: QuantSettings) -> list[str]:
@@ -232,16 +280,16 @@ def _pre_process(src: Path, dst: Path) -> None:
 
 
 def _quantize_static(src: Path, dst: Path, reader: ImageFeedReader, settings: QuantSettings,
-                     exclude: list[str]) -> None:
+                     exclude: list[str], cache: Path | None = None) -> None:
+    """One ``quantize_static`` call; with ``cache``, ranges are measured on the first call only."""
     q = require("onnxruntime.quantization", "calibration", "INT8 calibration")
+    target = quant_target(settings.target)
     methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                "percentile": q.CalibrationMethod.Percentile}
     extra: dict[str, Any] = {
-        "ActivationSymmetric": True,
+        **target.extra_options(),
         "WeightSymmetric": True,
-        "QuantizeBias": False,
         "DedicatedQDQPair": True,
-        "CalibTensorRangeSymmetric": True,
         # One image per collection round: histograms/ranges are merged between rounds, so memory
         # holds one image's activations instead of all of them.
         "CalibStridedMinMax": 1,
@@ -249,6 +297,10 @@ def _quantize_static(src: Path, dst: Path, reader: ImageFeedReader, settings: Qu
     }
     if settings.method == "percentile":
         extra["CalibPercentile"] = settings.percentile
+    cached: dict[str, Any] = {}
+    if cache is not None:
+        _check_cache_support(q)
+        cached["calibration_cache_path"] = str(cache)
     reader.rewind()
     try:
         with _quiet():
@@ -258,14 +310,23 @@ def _quantize_static(src: Path, dst: Path, reader: ImageFeedReader, settings: Qu
                 op_types_to_quantize=list(qdq_graph.QUANTIZED_OPS),
                 per_channel=settings.per_channel,
                 reduce_range=settings.reduce_range,
-                activation_type=q.QuantType.QInt8,
+                activation_type=target.activation_type(q),
                 weight_type=q.QuantType.QInt8,
                 nodes_to_exclude=exclude,
                 calibrate_method=methods[settings.method],
                 extra_options=extra,
+                **cached,
             )
     finally:
         reader.close()
+
+
+def _check_cache_support(q: Any) -> None:
+    import inspect
+
+    if "calibration_cache_path" not in inspect.signature(q.quantize_static).parameters:
+        raise CkbdError("--max-loss-db re-quantises with cached activation ranges, which needs a newer "
+                        "onnxruntime (quantize_static's calibration_cache_path); pip install -U onnxruntime")
 
 
 @contextlib.contextmanager

@@ -46,14 +46,14 @@ from ckbd.errors import BitstreamError, ModelError
 from ckbd.models.architectures import HyperpriorModel, MeanScaleHyperprior, SerialContextModel
 from ckbd.runtime import bitstream as bs
 from ckbd.runtime.codec import check_image, to_network_input
-from ckbd.runtime.coder import IndexedCoder
+from ckbd.runtime.coder import IndexedCoder, dequantize, quantize
 from ckbd.runtime.entropy_tables import default_scale_table, scale_to_index
-from ckbd.runtime.profiling import NullTimer, StageTimer
+from ckbd.runtime.profiling import Z_DECODE, Z_ENCODE, NullTimer, StageTimer
 
-SERIAL_DECODE_STAGES = ("z_decode", "hyper_synthesis", "context_decode", "latent_synthesis")
-SERIAL_ENCODE_STAGES = ("analysis", "z_encode", "hyper_synthesis", "context_encode")
-MEAN_DECODE_STAGES = ("z_decode", "hyper_synthesis", "params", "y_decode", "latent_synthesis")
-MEAN_ENCODE_STAGES = ("analysis", "z_encode", "hyper_synthesis", "params", "y_encode")
+SERIAL_DECODE_STAGES = (Z_DECODE, "hyper_synthesis", "context_decode", "latent_synthesis")
+SERIAL_ENCODE_STAGES = ("analysis", Z_ENCODE, "hyper_synthesis", "context_encode")
+MEAN_DECODE_STAGES = (Z_DECODE, "hyper_synthesis", "params", "y_decode", "latent_synthesis")
+MEAN_ENCODE_STAGES = ("analysis", Z_ENCODE, "hyper_synthesis", "params", "y_encode")
 #: Extra keys the serial codec records *inside* ``context_*`` (not added to totals): how the
 #: serial loop splits between the networks (crop, context conv, entropy parameters, indexes) and
 #: the range coder.
@@ -144,7 +144,7 @@ class BaselineCodec:
                 y = self.model.g_a(_to_network_input(image))
                 z = self.model.h_a(y)
                 z_symbols = torch.round(z - self._medians).to(torch.int32).numpy()
-            with timer.stage("z_encode"):
+            with timer.stage(Z_ENCODE):
                 z_payload = self.z_coder.encode(z_symbols, _channel_indexes(z_symbols.shape))
             hyper = self._hyper(z_symbols, timer)
             y_section, latents = self._encode_y(y.numpy(), hyper, timer)
@@ -159,7 +159,7 @@ class BaselineCodec:
         h, w = bs.padded_size(header.height, header.width)
         y_shape = (1, self.M, h // 16, w // 16)
         with torch.inference_mode():
-            with timer.stage("z_decode"):
+            with timer.stage(Z_DECODE):
                 z_shape = (1, self.N, h // 64, w // 64)
                 z_symbols = self.z_coder.decode(z_payload, _channel_indexes(z_shape))
             hyper = self._hyper(z_symbols, timer)
@@ -218,9 +218,9 @@ class MeanScaleCodec(BaselineCodec):
     def _encode_y(self, y: np.ndarray, hyper: torch.Tensor, timer: StageTimer) -> tuple[bytes, BaselineLatents]:
         indexes, means = self._params(hyper, timer)
         with timer.stage("y_encode"):
-            symbols = np.rint(y - means).astype(np.int32)
+            symbols = quantize(y, means)
             payload = self.y_coder.encode(symbols, indexes)
-        y_hat = symbols.astype(np.float32) + means
+        y_hat = dequantize(symbols, means)
         return payload, BaselineLatents(np.empty(0, np.int32), symbols, y_hat, means, indexes)
 
     def _decode_y(self, section: bytes, hyper: torch.Tensor, y_shape: tuple[int, int, int, int],
@@ -230,7 +230,7 @@ class MeanScaleCodec(BaselineCodec):
             raise ModelError(f"hyper synthesis gave parameters of shape {indexes.shape}, expected {y_shape}")
         with timer.stage("y_decode"):
             symbols = self.y_coder.decode(section, indexes)
-        y_hat = symbols.astype(np.float32) + means
+        y_hat = dequantize(symbols, means)
         return BaselineLatents(np.empty(0, np.int32), symbols, y_hat, means, indexes)
 
 
@@ -279,7 +279,7 @@ class SerialContextCodec(BaselineCodec):
                         indexes, means = self._position_params(y_pad, hyper, weight, bias, i, j)
                     with timer.stage("serial_coding"):
                         sym = code(i, j, indexes, means)
-                    value = sym.astype(np.float32) + means
+                    value = dequantize(sym, means)
                     y_pad[0, :, i + PAD, j + PAD] = torch.from_numpy(value)
                     symbols[i, j], means_all[i, j], indexes_all[i, j] = sym, means, indexes
         y_hat = y_pad[:, :, PAD: PAD + h, PAD: PAD + w].contiguous().numpy()
@@ -293,7 +293,7 @@ class SerialContextCodec(BaselineCodec):
         payloads: list[bytes] = []
 
         def code(i: int, j: int, indexes: np.ndarray, means: np.ndarray) -> np.ndarray:
-            sym = np.rint(y[0, :, i, j] - means).astype(np.int32)
+            sym = quantize(y[0, :, i, j], means)
             payloads.append(self.y_coder.encode(sym, indexes))
             return sym
 

@@ -66,13 +66,31 @@ class MissingDependencyError(CkbdError):
 
 
 def require(module: str, extra: str, purpose: str):  # type: ignore[no-untyped-def]
-    """Import an optional module lazily, turning ImportError into a message that names the extra."""
+    """Import an optional module lazily, turning ImportError into a message that names the extra.
+
+    The one way ckbd imports an optional dependency. ``module`` may also be one of ckbd's own
+    modules that imports the dependency at its top (e.g. the torch backend): the message then
+    names the package that is actually missing. A broken ckbd module is a bug and keeps its error.
+    """
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingDependencyError(module.split(".")[0], extra, purpose) from exc
+        missing = (exc.name or module).split(".")[0]
+        if missing == "ckbd":
+            raise
+        raise MissingDependencyError(missing, extra, purpose) from exc
+
+
+def installed(module: str) -> bool:
+    """Whether an optional module can be imported (for choosing what to run, not for failing)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 #: Optional top-level packages and the extra that installs each.

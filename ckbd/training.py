@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ckbd.errors import CkbdError, Interrupted, UsageError
+from ckbd.errors import CkbdError, Interrupted, ModelError, UsageError
 from ckbd.models.architectures import HyperpriorModel
 from ckbd.models.checkpoint import is_ckbd_checkpoint, model_from_ckbd, read_checkpoint_file, save_checkpoint
 from ckbd.models.config import ModelConfig
-from ckbd.models.registry import ARCHITECTURES, M_EQUALS_N, build_model
+from ckbd.models.registry import ARCHITECTURES, build_model
 from ckbd.progress import progress as progress_bar
 from ckbd.runtime.imageio import IMAGE_SUFFIXES, read_image
 from ckbd.stop_signals import StopOnSignal
@@ -59,8 +59,10 @@ class TrainConfig:
         for option, rate in (("--lambda", self.lmbda), ("--lr", self.lr), ("aux_lr", self.aux_lr)):
             if rate is not None and not (math.isfinite(rate) and rate > 0):
                 raise UsageError(f"{option} must be a positive number, got {rate}")
-        if self.arch in M_EQUALS_N and self.M != self.N:
-            raise UsageError(f"{self.arch} has M = N; got --N {self.N} --M {self.M}")
+        try:
+            ModelConfig(arch=self.arch, N=self.N, M=self.M)  # the architecture's own size rules
+        except ModelError as exc:
+            raise UsageError(f"{exc} (--N/--M)") from None
         if not 0.0 <= self.ste_from <= 1.0:
             raise UsageError(f"--ste-from is a fraction of --steps in [0, 1], got {self.ste_from}")
         if self.threads < 0:

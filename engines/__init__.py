@@ -6,12 +6,11 @@ Nothing here imports ``tensorrt`` or a CUDA binding at module import time: they 
 
 from __future__ import annotations
 
-import importlib
 import sys
 from collections import deque
 from typing import TYPE_CHECKING
 
-from ckbd.errors import MissingDependencyError
+from ckbd.errors import MissingDependencyError, require
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -29,10 +28,7 @@ def ensure_tensorrt(purpose: str) -> None:
     ``tensorrt-stubs`` installs a bare ``tensorrt/`` folder of ``.pyi`` files, which Python
     imports as an empty namespace package; that must count as "not installed" too.
     """
-    try:
-        module = importlib.import_module("tensorrt")
-    except ImportError as exc:
-        raise MissingDependencyError("tensorrt", GPU_EXTRA, purpose) from exc
+    module = require("tensorrt", GPU_EXTRA, purpose)
     if not hasattr(module, "Builder"):
         sys.modules.pop("tensorrt", None)
         raise MissingDependencyError("tensorrt", GPU_EXTRA, purpose)

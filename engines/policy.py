@@ -1,9 +1,14 @@
-"""Which graph each stage compiles, which engine file a backend loads, and what TensorRT runs at all.
+"""Which stages stay fp32, which graph each stage compiles, which engine file a backend loads.
+
+This is the one home of the fp32-stage rule, used by the engine builder, INT8 calibration
+(:mod:`ckbd.calibration.quantize`) and the runtime alike.
 
 Precision: the graphs whose outputs decide scale indexes (hyper synthesis, anchor and non-anchor
-parameters) must produce the same numbers in encoder and decoder, so they stay fp32 with TF32 off
-unless explicitly forced. Analysis stays fp32 for cross-backend comparability. Only latent
-synthesis, whose output is just pixels, follows the requested precision.
+parameters, :data:`FP32_STAGES`) must produce the same numbers in encoder and decoder, so they stay
+fp32 with TF32 off unless explicitly forced, and have no int8 or fp16 variants at all. Analysis and
+latent synthesis (:data:`REDUCED_PRECISION_STAGES`) may have such variants; an engine set follows
+the requested precision only for latent synthesis, whose output is just pixels (analysis stays fp32
+for cross-backend comparability unless forced).
 
 Sharing: every stage that does not follow the precision compiles the same fp32 graph for every
 precision set, so it is built once, as ``<stage>.fp32.engine``, and shared by all sets. Two builds
@@ -22,10 +27,19 @@ from ckbd.engines.metadata import PRECISIONS, engine_path, read_metadata, sideca
 from ckbd.errors import CkbdError
 from ckbd.runtime.manifest import Manifest
 from ckbd.runtime.ort_backend import exact_cpu_stage
-from ckbd.runtime.stages import ALL_STAGES, LATENT_SYNTHESIS
+from ckbd.runtime.stages import ALL_STAGES, ANALYSIS, INDEX_STAGES, LATENT_SYNTHESIS
 
+#: Stages that always stay fp32: their outputs decide the scale indexes of the bitstream.
+FP32_STAGES = INDEX_STAGES
+#: Stages that may have reduced-precision (int8, fp16) variants, in calibration order.
+REDUCED_PRECISION_STAGES = (LATENT_SYNTHESIS, ANALYSIS)
 #: Stages that follow the requested precision; every other stage is built fp32 unless forced.
 PRECISION_FOLLOWING_STAGES = (LATENT_SYNTHESIS,)
+
+
+def keeps_fp32(stage: str) -> bool:
+    """Whether ``stage`` must stay fp32 whatever precision is asked for (see the module docstring)."""
+    return stage in FP32_STAGES
 
 
 def check_precision(precision: str) -> str:

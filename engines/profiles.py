@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from ckbd.errors import CkbdError
-from ckbd.runtime.stages import ALL_STAGES, PAD_MULTIPLE, STAGE_IO, Y_STRIDE
+from ckbd.runtime.stages import PAD_MULTIPLE, stage_shapes
 
 
 @dataclass(frozen=True, order=True)
@@ -76,44 +76,10 @@ class SizeProfile:
 
 DEFAULT_PROFILE = SizeProfile(ImageSize(64, 64), ImageSize(512, 768), ImageSize(2048, 2048))
 
-_DIM_RE = re.compile(r"^(\d*)([A-Za-z]+)(?:/(\d+))?$")
-
-
-def symbol_values(size: ImageSize, M: int, N: int) -> dict[str, int]:
-    """Values of the base symbols of :data:`~ckbd.runtime.stages.STAGE_IO` for an image size."""
-    padded = size.padded()
-    return {
-        "H": padded.height,
-        "W": padded.width,
-        "h": padded.height // Y_STRIDE,
-        "w": padded.width // Y_STRIDE,
-        "M": M,
-        "N": N,
-    }
-
-
-def resolve_dim(dim: int | str, values: dict[str, int]) -> int:
-    """Evaluate a symbolic dimension such as ``"w/2"``, ``"h/4"`` or ``"2M"``."""
-    if isinstance(dim, int):
-        return dim
-    match = _DIM_RE.match(dim)
-    if not match or match.group(2) not in values:
-        raise CkbdError(f"cannot evaluate tensor dimension '{dim}'")
-    factor = int(match.group(1) or 1)
-    divisor = int(match.group(3) or 1)
-    value = factor * values[match.group(2)]
-    if value % divisor:
-        raise CkbdError(f"dimension '{dim}' = {value}/{divisor} is not whole; pad the image to 64")
-    return value // divisor
-
-
 def stage_input_shapes(stage: str, size: ImageSize, M: int, N: int) -> dict[str, tuple[int, ...]]:
     """Concrete input shapes of ``stage`` for an image of ``size`` (padded to 64)."""
-    if stage not in STAGE_IO:
-        raise CkbdError(f"unknown stage '{stage}'; stages are {', '.join(ALL_STAGES)}")
-    values = symbol_values(size, M, N)
-    inputs, _ = STAGE_IO[stage]
-    return {spec.name: tuple(resolve_dim(d, values) for d in spec.shape) for spec in inputs}
+    padded = size.padded()
+    return stage_shapes(stage, N, M, padded.height, padded.width)
 
 
 ShapeRange = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]

@@ -53,6 +53,7 @@ from ckbd.errors import CkbdError, ModelMismatchError
 from ckbd.runtime.backend import Runner, Tensor, to_host
 from ckbd.runtime.manifest import Manifest
 from ckbd.runtime.ort_backend import OnnxRuntimeBackend, exact_cpu_stage
+from ckbd.runtime.package import ModelPackage
 from ckbd.runtime.stages import STAGE_IO, TensorSpec
 
 if TYPE_CHECKING:
@@ -283,8 +284,9 @@ class TensorRTBackend:
 
     name = "tensorrt"
 
-    def __init__(self, device: int = 0, precision: str = "fp32") -> None:
+    def __init__(self, device: int = 0, precision: str = "fp32", threads: int = 0) -> None:
         check_precision(precision)
+        self.threads = threads  # for the stages that run on ONNX Runtime's CPU provider
         ensure_tensorrt("the TensorRT backend")
         import tensorrt as trt
 
@@ -303,15 +305,15 @@ class TensorRTBackend:
         """The CUDA stream every runner of this backend enqueues on."""
         return self._session.stream
 
-    def load(self, model_dir: Path, stage: str) -> Runner:
+    def load(self, package: ModelPackage | Path, stage: str) -> Runner:
         """Check and deserialise the stage's engine, or load it on ORT's CPU provider (see above)."""
         if self._closed:
             raise CkbdError("this TensorRT backend was closed")
-        model_dir = Path(model_dir)
-        manifest = Manifest.load(model_dir)
+        package = ModelPackage.of(package)
+        model_dir, manifest = package.directory(), package.manifest
         if exact_cpu_stage(manifest, stage):
-            self._cpu = self._cpu or OnnxRuntimeBackend("cpu")
-            return self._cpu.load(model_dir, stage)
+            self._cpu = self._cpu or OnnxRuntimeBackend("cpu", threads=self.threads)
+            return self._cpu.load(package, stage)
         path = engine_path(model_dir, stage, loaded_precision(model_dir, stage, self.precision))
         if not path.is_file() or not sidecar_path(path).is_file():
             raise missing_engine_error(model_dir, stage, self.precision, path)
@@ -366,6 +368,8 @@ class TensorRTBackend:
         for runner in self._runners:
             runner.close()
         self._runners.clear()
+        if self._cpu is not None:
+            self._cpu.close()
         if not self._closed:
             self._closed = True
             self._session.api.destroy_stream(self._session.stream)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ckbd.errors import CkbdError, ModelError, require
+from ckbd.export.cpu_graph import rewrite_synthesis
 from ckbd.export.integer_stages import integer_stage_modules
 from ckbd.export.model_package import build_package, save_tables
 from ckbd.export.optimize import optimized_stage_modules
@@ -35,7 +36,7 @@ from ckbd.export.stage_modules import (
 from ckbd.models.architectures import HyperpriorModel
 from ckbd.runtime.intparams import INTEGER_PARAMS_NAME, IntegerParams
 from ckbd.runtime.manifest import MANIFEST_NAME, GraphEntry, Manifest, file_sha256
-from ckbd.runtime.stages import ALL_STAGES, LATENT_SYNTHESIS, STAGE_IO, TensorSpec
+from ckbd.runtime.stages import ALL_STAGES, CHANNEL_SYMBOLS, LATENT_SYNTHESIS, STAGE_IO, TensorSpec, stage_shapes
 
 DEFAULT_OPSET = 17
 #: Padded image size of the example inputs used for tracing: distinct, non-square, and large
@@ -67,24 +68,13 @@ class Float16Stage(nn.Module):
         return self.inner(*(x.half() for x in inputs))
 
 
-def _dim_values(N: int, M: int, H: int, W: int) -> dict[str, int]:
-    """Concrete value of every symbol used in STAGE_IO for one model and image size."""
-    h, w = H // 16, W // 16
-    return {"N": N, "M": M, "2M": 2 * M, "H": H, "W": W, "h": h, "w": w,
-            "w/2": w // 2, "h/4": h // 4, "w/4": w // 4}
-
-
-def _channel_symbols() -> frozenset[str]:
-    return frozenset({"N", "M", "2M"})
-
-
 def example_inputs(stage: str, N: int, M: int, size: tuple[int, int] = TRACE_IMAGE_SIZE) -> tuple[torch.Tensor, ...]:
     """Random inputs of the stage's STAGE_IO shapes and dtypes at padded image ``size``."""
-    dims = _dim_values(N, M, *size)
+    shapes = stage_shapes(stage, N, M, *size)
     generator = torch.Generator().manual_seed(0)
     tensors = []
     for spec in STAGE_IO[stage][0]:
-        shape = [d if isinstance(d, int) else dims[d] for d in spec.shape]
+        shape = shapes[spec.name]
         if spec.dtype == "int32":
             tensors.append(torch.randint(-3, 4, shape, generator=generator, dtype=torch.int32))
         else:
@@ -96,7 +86,7 @@ def _dynamic_axes(stage: str) -> dict[str, dict[int, str]]:
     """Every non-channel symbolic dim of the stage's I/O, named as in STAGE_IO."""
     inputs, outputs = STAGE_IO[stage]
     return {
-        spec.name: {i: d for i, d in enumerate(spec.shape) if isinstance(d, str) and d not in _channel_symbols()}
+        spec.name: {i: d for i, d in enumerate(spec.shape) if isinstance(d, str) and d not in CHANNEL_SYMBOLS}
         for spec in (*inputs, *outputs)
     }
 
@@ -236,6 +226,8 @@ def export_model(
     table = manifest.scale_table
     build = optimized_stage_modules if optimize else plain_stage_modules
     modules = build(model, table, stages)  # type: ignore[operator]
+    if optimize and LATENT_SYNTHESIS in modules:
+        rewrite_synthesis(modules[LATENT_SYNTHESIS].parts)  # CPU-layout form (pixels only, no stream change)
     if integer_params is not None:
         integer = integer_stage_modules(integer_params)
         modules.update({stage: integer[stage] for stage in stages if stage in integer})

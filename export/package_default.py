@@ -1,6 +1,6 @@
 """Turn a training checkpoint into the model that ships with ckbd (``ckbd/assets``).
 
-    python -m ckbd.export.package_default runs/default/checkpoint.pt
+    ckbd ship runs/default/checkpoint.pt
 
 Writes a float16 copy of the weights (``default_checkpoint.pt``, what ``ckbd export --default``
 reads), the exported model directory ``default/`` made from exactly those weights (integer
@@ -10,7 +10,6 @@ and ``RECIPE.json`` with the training recipe so anyone can retrain it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
@@ -58,16 +57,3 @@ def package(checkpoint: Path, calibration: Path, assets: Path = ASSETS, notes: s
     (assets / "RECIPE.json").write_text(json.dumps(info, indent=2) + "\n")
     return assets / "default"
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--notes", default="", help="Free text stored in RECIPE.json (data, machine, ...).")
-    parser.add_argument("--calibration-images", type=Path, default=ASSETS.parents[2] / "shared" / "data" / "train",
-                        help="Photos that calibrate the integer entropy-parameter path.")
-    args = parser.parse_args()
-    print(package(args.checkpoint, args.calibration_images, notes=args.notes))
-
-
-if __name__ == "__main__":
-    main()

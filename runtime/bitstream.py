@@ -34,10 +34,10 @@ READABLE_VERSIONS = (1, 2)
 FLAG_INTEGER_PARAMS = 0x01
 #: Flag bits this reader understands, per version.
 KNOWN_FLAGS = {1: 0, 2: FLAG_INTEGER_PARAMS}
-#: Entropy-parameter path names, as in the manifest.
-INTEGER_PATH, FLOAT_PATH = "integer", "float"
-#: Largest image (height * width after padding to PAD_MULTIPLE) ``unpack`` accepts unless told otherwise.
-DEFAULT_MAX_PIXELS = 2**26
+INTEGER_PATH, FLOAT_PATH = "integer", "float"  # entropy-parameter path names, as in the manifest
+#: Largest padded image ``unpack`` accepts unless told otherwise (16384 x 16384): a guard against absurd
+#: headers; the memory budget (``ckbd.runtime.memory``) refuses what this machine cannot decode.
+DEFAULT_MAX_PIXELS = 2**28
 #: Bytes of the model fingerprint carried by a file (a prefix of the manifest's sha256).
 FINGERPRINT_BYTES = 8
 

@@ -4,8 +4,8 @@ Both directions walk the same schedule through the same graphs on the same backe
 
     z symbols -> hyper_synthesis -> anchor_params -> anchors -> nonanchor_params -> non-anchors
 
-The encoder rounds ``y - mean`` where the decoder reads symbols, and both rebuild the decoded
-latent as ``symbol + mean`` with the same numpy operation, so the scale indexes and means the
+The encoder codes ``quantize(y, mean)`` where the decoder reads symbols, and both rebuild the
+decoded latent as ``dequantize(symbol, mean)`` (the coder's one rule), so the scale indexes and means the
 decoder computes are bit-identical to the ones the encoder coded with. A CRC of all symbols in
 the header turns any desynchronisation into an error instead of a wrong image.
 """
@@ -15,15 +15,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
 from ckbd.errors import BitstreamError, ImageError, ModelError
 from ckbd.runtime import bitstream as bs
 from ckbd.runtime.backend import Backend, Tensor, to_host
+from ckbd.runtime.coder import dequantize, quantize
 from ckbd.runtime.memory import plan_synthesis
 from ckbd.runtime.model import CodecModel
-from ckbd.runtime.profiling import NullTimer, StageTimer
+from ckbd.runtime.package import ModelPackage
+from ckbd.runtime.profiling import (
+    ANCHOR_DECODE,
+    ANCHOR_ENCODE,
+    NONANCHOR_DECODE,
+    NONANCHOR_ENCODE,
+    Z_DECODE,
+    Z_ENCODE,
+    NullTimer,
+    StageTimer,
+)
 from ckbd.runtime.stages import (
     ANALYSIS,
     ANCHOR_PARAMS,
@@ -96,20 +108,32 @@ class _TwoPassSchedule:
             raise ModelError(f"{stage} produced shape {indexes.shape}, expected {expect_shape}")
         with self.timer.stage(code_stage):
             symbols = code(indexes, means)
-        return symbols, symbols.astype(np.float32) + means
+        return symbols, dequantize(symbols, means)
 
 
 class _CodecBase:
+    STAGES: tuple[str, ...] = ()
+
     def __init__(self, model: CodecModel) -> None:
         self.model = model
         self.manifest = model.manifest
 
     @classmethod
-    def open(cls, model_dir: Path | None = None, backend: str | Backend = "onnxruntime", **options: object):  # type: ignore[no-untyped-def]
-        """Load a model directory (the shipped default when None) on a backend by name."""
-        return cls(CodecModel.open(model_dir, backend, stages=cls.STAGES, **options))
+    def open(cls, model: ModelPackage | Path | None = None, backend: str | Backend = "onnxruntime",
+             **options: object) -> Self:
+        """Load this direction's stages of a model (the shipped one when None) on a backend: by
+        name from the registry (``options`` go to it), or a backend object the caller closes."""
+        return cls(CodecModel.open(model, backend, stages=cls.STAGES, **options))
 
-    STAGES: tuple[str, ...] = ()
+    def close(self) -> None:
+        """Free the runners, and the backend when it was opened by name; idempotent."""
+        self.model.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _z_indexes(self, shape: tuple[int, ...]) -> np.ndarray:
         """z is coded with one table per channel."""
@@ -136,14 +160,14 @@ class Encoder(_CodecBase):
         y_anchor, y_nonanchor = to_host(out["y_anchor"]), to_host(out["y_nonanchor"])
         z_symbols = np.ascontiguousarray(to_host(out["z_symbols"]), dtype=np.int32)
         z_indexes = self._z_indexes(z_symbols.shape)
-        with timer.stage("z_encode"):
+        with timer.stage(Z_ENCODE):
             z_payload = z_coder.encode(z_symbols, z_indexes)
         payloads: dict[str, bytes] = {}
         bits = [z_coder.estimate_bits(z_symbols, z_indexes)] if estimate else []
 
         def coder_for(y: np.ndarray, name: str) -> CodeHalf:
             def code(indexes: np.ndarray, means: np.ndarray) -> np.ndarray:
-                symbols = np.rint(y - means).astype(np.int32)
+                symbols = quantize(y, means)
                 payloads[name] = y_coder.encode(symbols, indexes)
                 if estimate:
                     bits.append(y_coder.estimate_bits(symbols, indexes))
@@ -152,9 +176,9 @@ class Encoder(_CodecBase):
 
         hyper = sched.hyper(z_symbols)
         a_sym, a_hat = sched.half(ANCHOR_PARAMS, {"hyper": hyper}, coder_for(y_anchor, "anchor"),
-                                  "anchor_encode", y_anchor.shape)
+                                  ANCHOR_ENCODE, y_anchor.shape)
         n_sym, n_hat = sched.half(NONANCHOR_PARAMS, {"hyper": hyper, "anchor_hat": a_hat},
-                                  coder_for(y_nonanchor, "nonanchor"), "nonanchor_encode", y_nonanchor.shape)
+                                  coder_for(y_nonanchor, "nonanchor"), NONANCHOR_ENCODE, y_nonanchor.shape)
         latents = Latents(z_symbols, a_sym, n_sym, a_hat, n_hat)
         data = bs.pack(bs.Bitstream.build(
             height=height, width=width, arch_id=self.manifest.arch_id, fingerprint_hex=self.manifest.fingerprint,
@@ -196,15 +220,15 @@ class Decoder(_CodecBase):
         header = stream.header
         y_coder = self.model.y_coder
         sched = _TwoPassSchedule(self.model, timer)
-        with timer.stage("z_decode"):
+        with timer.stage(Z_DECODE):
             z_symbols = self.model.z_coder.decode(stream.z, self._z_indexes(header.z_shape))
         hyper = sched.hyper(z_symbols)
         try:
             a_sym, a_hat = sched.half(ANCHOR_PARAMS, {"hyper": hyper},
-                                      lambda idx, _: y_coder.decode(stream.anchors, idx), "anchor_decode",
+                                      lambda idx, _: y_coder.decode(stream.anchors, idx), ANCHOR_DECODE,
                                       header.half_shape)
             n_sym, n_hat = sched.half(NONANCHOR_PARAMS, {"hyper": hyper, "anchor_hat": a_hat},
-                                      lambda idx, _: y_coder.decode(stream.nonanchors, idx), "nonanchor_decode",
+                                      lambda idx, _: y_coder.decode(stream.nonanchors, idx), NONANCHOR_DECODE,
                                       header.half_shape)
         except BitstreamError as exc:
             if header.entropy_params == bs.INTEGER_PATH:
@@ -213,6 +237,7 @@ class Decoder(_CodecBase):
         latents = Latents(z_symbols, a_sym, n_sym, a_hat, n_hat)
         if latents.crc32() != header.symbols_crc:
             raise BitstreamError(_desync_message(header))
+        del hyper  # the largest whole-latent tensor (2M channels): its memory goes to the synthesis tiles
         image = synthesise_image(sched.run, self.model, a_hat, n_hat, header.height, header.width)
         return DecodeResult(image, latents, header, dict(timer.times_ms))
 

@@ -25,7 +25,7 @@ lookahead) raises :class:`~ckbd.errors.BitstreamError`; garbage that happens to 
 the container's checksum.
 
 The tables' frequencies are handed to constriction's 24-bit models so that they are reproduced
-*exactly* (``probability = freq * 2**(24 - precision)``, see :func:`_categorical`), which makes
+*exactly* (``probability = freq * 2**(24 - probability_bits)``, see :func:`_categorical`), which makes
 :meth:`IndexedCoder.estimate_bits` the ideal length of exactly what is coded.
 """
 
@@ -47,15 +47,30 @@ _MODEL_PRECISION = 24  # constriction's default categorical models use 24-bit pr
 _ESCAPED = np.iinfo(np.int32).min  # marks escapes while decoding: no value is that far out
 
 
-def _categorical(freqs: np.ndarray, precision: int) -> constriction.stream.model.Categorical:
-    """A constriction model whose fixed-point pmf is exactly ``freqs * 2**(24 - precision)``.
+def quantize(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The symbols of ``values`` coded around ``offsets``: ``rint(values - offsets)`` as int32.
+
+    The one home of the rule (tensorflow-compression's coder takes the offset the same way): the
+    encoder codes these, and every decoder rebuilds the latent with :func:`dequantize`.
+    """
+    return np.rint(np.asarray(values) - offsets).astype(np.int32)
+
+
+def dequantize(symbols: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The decoded latent ``symbols + offsets`` in float32: the same numpy operation on both sides,
+    so an encoder's reconstruction and a decoder's are bit-identical."""
+    return np.asarray(symbols).astype(np.float32) + np.asarray(offsets, dtype=np.float32)
+
+
+def _categorical(freqs: np.ndarray, probability_bits: int) -> constriction.stream.model.Categorical:
+    """A constriction model whose fixed-point pmf is exactly ``freqs * 2**(24 - probability_bits)``.
 
     ``Categorical(p, perfect=False)`` quantises with left cumulatives
-    ``floor(C_i * (2**24 - n) / sum(p)) + i``. With ``p_i = f_i * 2**(24 - precision) - 1``
+    ``floor(C_i * (2**24 - n) / sum(p)) + i``. With ``p_i = f_i * 2**(24 - probability_bits) - 1``
     (integers, exact in float64) the scale factor is exactly 1 and the cumulatives come out as
-    ``2**(24 - precision) * F_i``: the integer table, bit for bit, on every machine.
+    ``2**(24 - probability_bits) * F_i``: the integer table, bit for bit, on every machine.
     """
-    weights = freqs.astype(np.float64) * float(1 << (_MODEL_PRECISION - precision)) - 1.0
+    weights = freqs.astype(np.float64) * float(1 << (_MODEL_PRECISION - probability_bits)) - 1.0
     return constriction.stream.model.Categorical(weights, perfect=False)
 
 
@@ -85,16 +100,22 @@ class IndexedCoder:
         self._escape = (tables.lengths - 1).astype(np.int32)
         self._offsets = tables.offsets.astype(np.int32)
         self._models = [
-            _categorical(tables.row(k), tables.precision) for k in range(tables.num_tables)
+            _categorical(tables.row(k), tables.probability_bits) for k in range(tables.num_tables)
         ]
         with np.errstate(divide="ignore"):
-            self._neg_log2 = tables.precision - np.log2(tables.freqs.astype(np.float64))
+            self._neg_log2 = tables.probability_bits - np.log2(tables.freqs.astype(np.float64))
 
     # -- public API -------------------------------------------------------------------------
 
-    def encode(self, symbols: np.ndarray, indexes: np.ndarray) -> bytes:
-        """Compress ``symbols`` (integer values) coded under tables ``indexes`` (same shape)."""
-        symbols, flat_idx = self._check(np.asarray(symbols), indexes)
+    def encode(self, values: np.ndarray, indexes: np.ndarray, offsets: np.ndarray | None = None) -> bytes:
+        """Compress ``values`` coded under tables ``indexes`` (same shape).
+
+        With ``offsets`` (e.g. the predicted means), the coded symbols are ``quantize(values,
+        offsets)`` and :meth:`decode` with the same offsets returns ``dequantize`` of them; without,
+        ``values`` must already be integers.
+        """
+        symbols = np.asarray(values) if offsets is None else quantize(values, offsets)
+        symbols, flat_idx = self._check(symbols, indexes)
         if flat_idx.size == 0:
             return b""
         groups = grouping.group(flat_idx, self.tables.num_tables)
@@ -114,8 +135,13 @@ class IndexedCoder:
             self._encode_escapes(encoder, np.concatenate(escaped_values), np.concatenate(escaped_tables))
         return encoder.get_compressed().astype("<u4", copy=False).tobytes()
 
-    def decode(self, data: bytes, indexes: np.ndarray) -> np.ndarray:
-        """Invert :meth:`encode`: int32 values of ``indexes``' shape, or :class:`BitstreamError`."""
+    def decode(self, data: bytes, indexes: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
+        """Invert :meth:`encode`, or raise :class:`BitstreamError`: int32 symbols of ``indexes``'
+        shape, or with ``offsets`` the float32 reconstruction ``dequantize(symbols, offsets)``."""
+        symbols = self._decode_symbols(data, indexes)
+        return symbols if offsets is None else dequantize(symbols, offsets)
+
+    def _decode_symbols(self, data: bytes, indexes: np.ndarray) -> np.ndarray:
         shape = np.shape(indexes)
         flat_idx = self._check_indexes(indexes)
         words = self._words(data)

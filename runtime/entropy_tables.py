@@ -1,6 +1,7 @@
 """Integer entropy tables: K discrete distributions that the range coder selects by index.
 
-Every distribution is stored as integer frequencies that sum exactly to ``2**precision``, so the
+Every distribution is stored as integer frequencies that sum exactly to ``2**probability_bits`` (the file
+keeps the key ``precision``), so the
 encoder and the decoder see bit-identical models on every machine: floating point is used once,
 when a table is built, and never while coding (the exporter saves the tables, and the decoder
 loads them rather than rebuilding them). The last valid entry of each row is an *escape*
@@ -24,7 +25,7 @@ import numpy as np
 
 from ckbd.errors import ModelError
 
-#: Highest precision the coder accepts (constriction's default models use 24-bit fixed point).
+#: Highest ``probability_bits`` the coder accepts (constriction's default models use 24-bit fixed point).
 MAX_PRECISION = 24
 _FIELDS = ("freqs", "lengths", "offsets", "precision")
 
@@ -40,10 +41,10 @@ class EntropyTables:
     freqs: np.ndarray  # (K, L) uint32
     lengths: np.ndarray  # (K,) int32
     offsets: np.ndarray  # (K,) int32
-    precision: int
+    probability_bits: int
 
     def __post_init__(self) -> None:
-        _validate(self.freqs, self.lengths, self.offsets, self.precision)
+        _validate(self.freqs, self.lengths, self.offsets, self.probability_bits)
         for name in _FIELDS[:3]:  # private read-only copies: coders cache models built from them
             array = np.array(getattr(self, name), copy=True)
             array.flags.writeable = False
@@ -61,7 +62,7 @@ class EntropyTables:
         """Exact comparison (dataclass ``==`` would compare arrays elementwise)."""
         return (
             isinstance(other, EntropyTables)
-            and self.precision == other.precision
+            and self.probability_bits == other.probability_bits
             and all(
                 np.array_equal(getattr(self, f), getattr(other, f)) for f in _FIELDS[:3]
             )
@@ -74,7 +75,7 @@ class EntropyTables:
             freqs=self.freqs,
             lengths=self.lengths,
             offsets=self.offsets,
-            precision=np.int32(self.precision),
+            precision=np.int32(self.probability_bits),
         )
         return buf.getvalue()
 
@@ -96,19 +97,19 @@ class EntropyTables:
             raise ModelError(f"entropy tables {path} lack the array {exc}") from None
         except Exception as exc:  # zipfile / pickle / format errors
             raise ModelError(f"cannot read entropy tables {path}: {exc}") from None
-        precision = arrays.pop("precision")
-        if precision.shape != () or precision.dtype.kind not in "iu":
+        probability_bits = arrays.pop("precision")
+        if probability_bits.shape != () or probability_bits.dtype.kind not in "iu":
             raise ModelError(f"entropy tables {path}: 'precision' must be an integer scalar")
         try:
-            return cls(precision=int(precision), **arrays)
+            return cls(probability_bits=int(probability_bits), **arrays)
         except ModelError as exc:
             raise ModelError(f"entropy tables {path} are invalid: {exc}") from None
 
 
-def _validate(freqs: np.ndarray, lengths: np.ndarray, offsets: np.ndarray, precision: int) -> None:
+def _validate(freqs: np.ndarray, lengths: np.ndarray, offsets: np.ndarray, probability_bits: int) -> None:
     """Check every invariant the coder relies on; a bad table must fail here, not mid-stream."""
-    if not isinstance(precision, int) or not 2 <= precision <= MAX_PRECISION:
-        raise ModelError(f"precision must be an int in [2, {MAX_PRECISION}], got {precision!r}")
+    if not isinstance(probability_bits, int) or not 2 <= probability_bits <= MAX_PRECISION:
+        raise ModelError(f"probability_bits must be an int in [2, {MAX_PRECISION}], got {probability_bits!r}")
     for name, arr, dtype, ndim in (
         ("freqs", freqs, np.uint32, 2),
         ("lengths", lengths, np.int32, 1),
@@ -126,23 +127,23 @@ def _validate(freqs: np.ndarray, lengths: np.ndarray, offsets: np.ndarray, preci
     if np.any(freqs[valid] == 0) or np.any(freqs[~valid] != 0):
         raise ModelError("valid entries must have nonzero frequency and padding must be zero")
     sums = freqs.astype(np.uint64).sum(axis=1)
-    if np.any(sums != 1 << precision):
-        raise ModelError(f"every table must sum to 2**{precision}")
+    if np.any(sums != 1 << probability_bits):
+        raise ModelError(f"every table must sum to 2**{probability_bits}")
     if width >= 1 << MAX_PRECISION or np.abs(offsets.astype(np.int64)).max() > 1 << 30:
         raise ModelError("tables must have < 2**24 entries and offsets within +-2**30")
 
 
-def quantize_pmf(pmf: np.ndarray, precision: int) -> np.ndarray:
-    """Integer frequencies (uint32, all >= 1, sum ``2**precision``) approximating ``pmf``.
+def quantize_pmf(pmf: np.ndarray, probability_bits: int) -> np.ndarray:
+    """Integer frequencies (uint32, all >= 1, sum ``2**probability_bits``) approximating ``pmf``.
 
     Floors the scaled probabilities, lifts zeros to 1, then settles the difference to the exact
     total deterministically: a deficit goes to the largest fractional remainders, a surplus is
     taken from the largest frequencies (where one unit costs the least rate).
     """
     pmf = np.asarray(pmf, dtype=np.float64)
-    total = 1 << precision
+    total = 1 << probability_bits
     if pmf.ndim != 1 or pmf.size < 2 or pmf.size >= total:
-        raise ModelError(f"a pmf needs 2..{total - 1} entries at precision {precision}")
+        raise ModelError(f"a pmf needs 2..{total - 1} entries at probability_bits {probability_bits}")
     if not np.all(np.isfinite(pmf)) or pmf.min() < 0 or pmf.sum() <= 0:
         raise ModelError("a pmf must be finite, nonnegative and not all zero")
     scaled = pmf / pmf.sum() * total
@@ -159,14 +160,14 @@ def quantize_pmf(pmf: np.ndarray, precision: int) -> np.ndarray:
     return freqs.astype(np.uint32)
 
 
-def _assemble(rows: Sequence[np.ndarray], offsets: np.ndarray, precision: int) -> EntropyTables:
+def _assemble(rows: Sequence[np.ndarray], offsets: np.ndarray, probability_bits: int) -> EntropyTables:
     """Pad the quantised rows into one (K, L) array."""
     width = max(row.size for row in rows)
     freqs = np.zeros((len(rows), width), dtype=np.uint32)
     for k, row in enumerate(rows):
         freqs[k, : row.size] = row
     lengths = np.array([row.size for row in rows], dtype=np.int32)
-    return EntropyTables(freqs, lengths, np.asarray(offsets, dtype=np.int32), precision)
+    return EntropyTables(freqs, lengths, np.asarray(offsets, dtype=np.int32), probability_bits)
 
 
 def gaussian_tail(scale: float, tail_mass: float) -> int:
@@ -192,7 +193,7 @@ def _gaussian_pmf(scale: float, tail: int) -> np.ndarray:
 
 
 def gaussian_tables(
-    scale_table: np.ndarray, tail_mass: float = 1e-9, precision: int = 16
+    scale_table: np.ndarray, tail_mass: float = 1e-9, probability_bits: int = 16
 ) -> EntropyTables:
     """One zero-mean discretised Gaussian per scale, support ``|v| <= tail``, plus the escape."""
     scales = np.asarray(scale_table, dtype=np.float64).ravel()
@@ -201,12 +202,12 @@ def gaussian_tables(
     if not 0 < tail_mass < 1:
         raise ModelError(f"tail_mass must be in (0, 1), got {tail_mass}")
     tails = [gaussian_tail(s, tail_mass) for s in scales]
-    rows = [quantize_pmf(_gaussian_pmf(s, t), precision) for s, t in zip(scales, tails)]
-    return _assemble(rows, -np.array(tails, dtype=np.int64), precision)
+    rows = [quantize_pmf(_gaussian_pmf(s, t), probability_bits) for s, t in zip(scales, tails)]
+    return _assemble(rows, -np.array(tails, dtype=np.int64), probability_bits)
 
 
 def discrete_tables(
-    pmfs: Sequence[np.ndarray] | np.ndarray, offsets: np.ndarray, precision: int = 16
+    pmfs: Sequence[np.ndarray] | np.ndarray, offsets: np.ndarray, probability_bits: int = 16
 ) -> EntropyTables:
     """Tables from float pmfs (e.g. the factorized prior of z, one per channel).
 
@@ -214,17 +215,17 @@ def discrete_tables(
     out-of-range values stay codable even when the pmf claims to cover everything).
     """
     rows = []
-    unit = 2.0**-precision
+    unit = 2.0**-probability_bits
     for pmf in pmfs:
         p = np.asarray(pmf, dtype=np.float64).ravel()
         if p.size == 0 or not np.all(np.isfinite(p)) or p.min() < 0:
             raise ModelError("each pmf must be a nonempty, finite, nonnegative array")
         escape = max(1.0 - float(p.sum()), unit)
-        rows.append(quantize_pmf(np.append(p, escape), precision))
+        rows.append(quantize_pmf(np.append(p, escape), probability_bits))
     offsets = np.asarray(offsets).ravel()
     if offsets.shape != (len(rows),):
         raise ModelError(f"need one offset per pmf ({len(rows)}), got {offsets.shape}")
-    return _assemble(rows, offsets, precision)
+    return _assemble(rows, offsets, probability_bits)
 
 
 def default_scale_table(levels: int = 64, lo: float = 0.11, hi: float = 256.0) -> np.ndarray:

@@ -20,11 +20,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ckbd.errors import ImageError
 from ckbd.progress import notice
 from ckbd.runtime.atomic import atomic_write_bytes
-from ckbd.runtime.bitstream import padded_size
+from ckbd.runtime.bitstream import DEFAULT_MAX_PIXELS, padded_size
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
-#: Refuse images whose padded size exceeds this before decoding them (Pillow's bomb check is a warning only).
-MAX_IMAGE_PIXELS = 2**26
+#: Refuse images whose padded size exceeds this before decoding them (Pillow's bomb check is a warning only);
+#: the codec's own limit, so that every image the encoder accepts can be read.
+MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
 #: Largest image file read from stdin (a 2**26-pixel float RGB TIFF is 768 MiB).
 MAX_STDIN_BYTES = 1 << 30
 _ORIENTATION_TAG = 0x0112

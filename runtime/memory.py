@@ -6,9 +6,9 @@ the tensors that dominate it:
 
 * ``analysis`` / ``latent_synthesis``: working memory of the convolutional transform, per pixel
   of the (padded) tile it runs on, linear in N (the width of every hidden layer);
-* ``encode_entropy`` / ``decode_entropy``: everything else of a job, per padded image pixel:
-  the packed latents, hyper features, parameters and symbols of the whole latent (linear in M),
-  the image itself and the float input of the range coder.
+* ``encode_entropy`` / ``decode_entropy``: everything else of a job, per padded image pixel plus a
+  fixed part: the packed latents, hyper features, parameters and symbols of the whole latent and
+  the range coder's working arrays (linear in M), the image itself.
 
 With the ONNX Runtime arena off, a stage's working memory is returned when it finishes, so a
 job's peak is the larger of its two phases, on top of what the process already holds (its resident
@@ -18,8 +18,9 @@ image), and the whole-latent entropy stages, which tiling does not reduce. The
 budget is ``--max-memory`` or, by default, the resident set plus half of what the machine still
 has available (``MemAvailable``, or the cgroup's remaining limit when that is lower), shared
 equally between parallel workers. A job that fits whole runs whole; otherwise the transform runs
-on the largest tiles that fit; if even the smallest tile does not, the job is refused before
-anything is allocated.
+on the tiles that fit with the least work (the fewest pixels read twice: a tile at the border has a
+halo on one side only); if even the smallest tile does not fit, the job is refused before anything
+is allocated.
 """
 
 from __future__ import annotations
@@ -58,18 +59,25 @@ class Costs:
     encode_entropy: Linear  # per padded image pixel, C = M
     decode_entropy: Linear  # per padded image pixel, C = M
     overhead: int  # bytes a transform run adds whatever its size (ONNX Runtime's one-off buffers)
+    #: Bytes (not per pixel; C = M) the whole-latent stages add whatever the size: the intercepts of
+    #: the encode and decode entropy fits.
+    encode_entropy_fixed: Linear = Linear(0.0, 0.0)
+    decode_entropy_fixed: Linear = Linear(0.0, 0.0)
 
 
-#: Fitted to ``python -m ckbd.tools.bench_memory fit`` (ONNX Runtime CPU, arena off, one thread),
-#: then the line through the two models' channel counts (mbt2018-ckbd: N=64/M=96 and N=192/M=320;
+#: Fitted to ``ckbd bench memory fit`` (ONNX Runtime CPU, arena off, one thread), then the line
+#: through the two models' channel counts (mbt2018-ckbd: N=64/M=96 and N=192/M=320;
 #: cheng2020-ckbd: N=M=64 and 192). Transforms: bytes per pixel of a 1536x1024 run, its one-off
-#: part included (the slope alone under-predicted 8K and 12K runs by up to a quarter); entropy
-#: terms: the slope between the two sizes; the largest intercept is the overhead. Where a size was measured on both entropy-parameter paths
-#: (the shipped model: float, then integer), the larger figure is used. The points are in
+#: part included (the slope alone under-predicted 8K and 12K runs by up to a quarter); the largest
+#: intercept is the overhead. Entropy terms of mbt2018-ckbd: slope and intercept between 4K and 8K
+#: (where a budget binds; small sizes overstate the slope, as freed small buffers stay in the C heap)
+#: on the integer path, with random latents N(0, 3) (the range coder's costly case: a photo's stream
+#: decodes in about a third); cheng2020-ckbd's: the slope between 768x512 and 1536x1024. Where a
+#: size was measured on both entropy-parameter paths, the larger figure is used. The points are in
 #: docs/RESULTS.md.
 COSTS: dict[str, Costs] = {
-    "mbt2018-ckbd": Costs(Linear(13.7, 3.0), Linear(156.5, 2.403), Linear(9.4, 0.249), Linear(0.3, 0.346),
-                          80 << 20),
+    "mbt2018-ckbd": Costs(Linear(13.7, 3.0), Linear(156.5, 2.403), Linear(15.35, 0.0806), Linear(6.8, 0.1325),
+                          80 << 20, Linear(-35.4e6, 1.223e6), Linear(61.7e6, 0.357e6)),
     "cheng2020-ckbd": Costs(Linear(19.4, 3.911), Linear(107.1, 3.954), Linear(18.4, 0.0219), Linear(15.95, 0.043),
                             310 << 20),
 }
@@ -79,8 +87,9 @@ COSTS: dict[str, Costs] = {
 TILE_MARGIN = 1.15
 #: Bytes per padded pixel per latent channel of the packed y halves (float32, 1/256 of the pixels).
 LATENT_BYTES = 4 / 256
-#: What a decode keeps of its entropy stages while synthesis runs, per channel: both decoded halves,
-#: their symbols, and the hyper features (2M channels), each 4 bytes at 1/256 of the pixels.
+#: What a decode keeps of its entropy stages while synthesis runs, per channel, as planned from the
+#: header: both decoded halves and their symbols, each 4 bytes at 1/256 of the pixels, and room for the
+#: hyper features (2M channels; the decoder drops them before synthesis, so this errs on the safe side).
 DECODED_LATENT_BYTES = 4 * 4 / 256
 #: The decoded uint8 image, allocated before the synthesis tiles are written into it.
 OUTPUT_BYTES = 3.0
@@ -235,7 +244,7 @@ def plan_analysis(arch: str, N: int, M: int, height: int, width: int, budget: Me
     c = costs(arch)
     halo = _round_up(analysis_halo(arch), PAD_MULTIPLE)
     return _plan("encoding", height, width, 1, halo, PAD_MULTIPLE, c.analysis(N), LATENT_BYTES * M,
-                 c.encode_entropy(M), c.overhead, budget, max_extent)
+                 c.encode_entropy(M), c.encode_entropy_fixed(M), c.overhead, budget, max_extent)
 
 
 def plan_synthesis(arch: str, N: int, M: int, height: int, width: int, budget: MemoryBudget,
@@ -251,11 +260,12 @@ def plan_synthesis(arch: str, N: int, M: int, height: int, width: int, budget: M
     halo = _round_up(synthesis_halo(arch), 2)
     alongside = OUTPUT_BYTES + (0.0 if latents_resident else DECODED_LATENT_BYTES * M)
     return _plan("decoding", height, width, Y_STRIDE, halo, 2, c.latent_synthesis(N), alongside,
-                 0.0 if latents_resident else c.decode_entropy(M), c.overhead, budget, max_extent)
+                 0.0 if latents_resident else c.decode_entropy(M), 0.0 if latents_resident else c.decode_entropy_fixed(M),
+                 c.overhead, budget, max_extent)
 
 
 def _plan(job: str, height: int, width: int, scale: int, halo: int, align: int, per_tile_px: float,
-          alongside_px: float, entropy_px: float, overhead: int, budget: MemoryBudget,
+          alongside_px: float, entropy_px: float, entropy_fixed: float, overhead: int, budget: MemoryBudget,
           max_extent: tuple[int, int] | None) -> Plan:
     """Largest tiles (fewest computed pixels) that fit; ``scale`` pixels per unit.
 
@@ -266,7 +276,7 @@ def _plan(job: str, height: int, width: int, scale: int, halo: int, align: int, 
     padded_h, padded_w = _round_up(height, PAD_MULTIPLE), _round_up(width, PAD_MULTIPLE)
     rows, cols = padded_h // scale, padded_w // scale
     cap_rows, cap_cols = max_extent or (rows, cols)
-    entropy = entropy_px * padded_h * padded_w + overhead
+    entropy = entropy_px * padded_h * padded_w + max(overhead, entropy_fixed)
     fixed = alongside_px * padded_h * padded_w + overhead
     unit_cost = TILE_MARGIN * per_tile_px * scale * scale
     room = budget.room()
@@ -285,22 +295,17 @@ def _plan(job: str, height: int, width: int, scale: int, halo: int, align: int, 
     best: Plan | None = None
     best_work = float("inf")
     tile_room = room - fixed
-    for n_cols in range(1, cols // align + 1):
-        core_cols = _round_up(-(-cols // n_cols), align)
-        tile_cols = min(cols, core_cols + 2 * halo)
+    row_options = [o for o in _axis_options(rows, align, halo) if o[1] <= cap_rows]
+    for core_cols, tile_cols, total_cols in _axis_options(cols, align, halo):
         if tile_cols > cap_cols:
             continue
-        by_memory = cap_rows if tile_room == float("inf") else int(tile_room // (unit_cost * tile_cols))
-        core_rows = min(rows, (min(cap_rows, by_memory) - 2 * halo) // align * align)
-        if core_rows >= align:
-            extent_rows = min(rows, core_rows + 2 * halo)
-            work = -(-rows // core_rows) * -(-cols // core_cols) * extent_rows * tile_cols
-            if work < best_work:
-                best_work = work
-                estimate = max(entropy, fixed + unit_cost * extent_rows * tile_cols)
-                best = Plan(False, core_rows, core_cols, halo, int(estimate))
-        if core_cols <= align:
-            break
+        for core_rows, tile_rows, total_rows in row_options:  # fewest tiles (least work) first
+            if unit_cost * tile_rows * tile_cols <= tile_room:
+                if total_rows * total_cols < best_work:
+                    best_work = total_rows * total_cols
+                    estimate = max(entropy, fixed + unit_cost * tile_rows * tile_cols)
+                    best = Plan(False, core_rows, core_cols, halo, int(estimate))
+                break
     if best is None:
         smallest = fixed + unit_cost * min(rows, align + 2 * halo) * min(cols, align + 2 * halo)
         raise MemoryBudgetError(
@@ -308,6 +313,24 @@ def _plan(job: str, height: int, width: int, scale: int, halo: int, align: int, 
             f"budget of {format_bytes(budget.total() or 0)} ({budget.source}) leaves "
             f"{format_bytes(max(0.0, room))} for it; free memory or raise --max-memory")
     return best
+
+
+def _axis_options(length: int, align: int, halo: int) -> list[tuple[int, int, int]]:
+    """Ways to cut one axis into kept runs: (core, largest run read, sum of runs read), fewest runs first.
+
+    A run at the border has a halo on one side only, so two tiles read ``core + halo`` each, and only
+    inner tiles ``core + 2 * halo``; the sum is the work the cut costs.
+    """
+    options: list[tuple[int, int, int]] = []
+    for n in range(1, length // align + 1):
+        core = min(length, _round_up(-(-length // n), align))
+        if options and core == options[-1][0]:
+            continue
+        reads = [min(length, keep + core + halo) - max(0, keep - halo) for keep in range(0, length, core)]
+        options.append((core, max(reads), sum(reads)))
+        if core <= align:
+            break
+    return options
 
 
 def _round_up(n: int, multiple: int) -> int:

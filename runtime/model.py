@@ -1,74 +1,84 @@
-"""A loaded model: manifest, entropy tables and one runner per stage, on one backend."""
+"""A loaded model: the opened package, one runner per stage on one backend, the two coders.
+
+This is the middle of the decode chain: open the model package → a backend loads a runner per
+stage → the codec runs them around the coders. Closing it closes the backend it opened (and with
+it every session, engine and device buffer).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from ckbd.errors import ModelError
 from ckbd.runtime.backend import Backend, Runner, create_backend
 from ckbd.runtime.coder import IndexedCoder
-from ckbd.runtime.entropy_tables import EntropyTables
-from ckbd.runtime.integrity import verify_file
 from ckbd.runtime.manifest import Manifest
 from ckbd.runtime.memory import MemoryBudget
+from ckbd.runtime.package import ModelPackage, default_model_dir
 from ckbd.runtime.stages import ALL_STAGES, STAGE_IO
 
-
-def default_model_dir() -> Path:
-    """The exported model that ships with ckbd (``ckbd/assets/default``)."""
-    path = Path(str(resources.files("ckbd") / "assets" / "default"))
-    if not (path / "manifest.json").is_file():
-        raise ModelError("this ckbd install has no default model; pass --model DIR")
-    return path
+__all__ = ["CodecModel", "default_model_dir"]
 
 
 @dataclass
 class CodecModel:
     """Everything the encoder and decoder need; built once, shared by both directions."""
 
-    manifest: Manifest
-    y_coder: IndexedCoder
-    z_coder: IndexedCoder
+    package: ModelPackage
+    backend: Backend
     runners: dict[str, Runner]
-    backend_name: str
+    #: Whether :meth:`close` also closes the backend (it does when this model created it).
+    owns_backend: bool = True
     #: Peak-memory budget that decides whole-image or tiled transforms (see ckbd.runtime.memory).
     memory: MemoryBudget = field(default_factory=MemoryBudget)
+    y_coder: IndexedCoder = field(init=False)
+    z_coder: IndexedCoder = field(init=False)
+
+    def __post_init__(self) -> None:
+        _check_io(self.runners)
+        self.y_coder = IndexedCoder(self.package.y_tables)
+        self.z_coder = IndexedCoder(self.package.z_tables)
 
     @classmethod
-    def from_parts(cls, manifest: Manifest, y_tables: EntropyTables, z_tables: EntropyTables,
-                   runners: dict[str, Runner], backend_name: str) -> CodecModel:
-        if z_tables.num_tables != manifest.N:
-            raise ModelError(f"z tables hold {z_tables.num_tables} channels but the model has N={manifest.N}")
-        if y_tables.num_tables != len(manifest.scale_table):
-            raise ModelError("y tables do not match the manifest's scale table")
-        _check_io(runners)
-        return cls(manifest, IndexedCoder(y_tables), IndexedCoder(z_tables), runners, backend_name)
-
-    @classmethod
-    def open(cls, model_dir: Path | None = None, backend: str | Backend = "onnxruntime",
-             stages: tuple[str, ...] = ALL_STAGES, **backend_options: object) -> CodecModel:
-        """Load ``stages`` of a model directory (the shipped default when None) on ``backend``."""
-        model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
-        if model_dir.is_file():
-            raise ModelError(f"{model_dir} is a file; export it first (ckbd export {model_dir} -o DIR)")
-        manifest = Manifest.load(model_dir)
-        # The graphs are checked by the backend that loads them; the tables here.
-        for name, sha256 in manifest.tables_sha256.items():
-            verify_file(model_dir / name, sha256)
-        if manifest.integer_params is not None:
-            verify_file(model_dir / manifest.integer_params.file, manifest.integer_params.sha256)
+    def open(cls, model: ModelPackage | Path | None = None, backend: str | Backend = "onnxruntime",
+             stages: tuple[str, ...] = ALL_STAGES, owns_backend: bool | None = None,
+             **backend_options: object) -> CodecModel:
+        """Load ``stages`` of a model (a package, a directory, or the shipped model when None) on
+        ``backend``: a name from the registry (then closing the model closes it), or a backend
+        object, which stays the caller's unless ``owns_backend``."""
+        package = ModelPackage.of(model)
+        owned = isinstance(backend, str) if owns_backend is None else owns_backend
         engine = create_backend(backend, **backend_options) if isinstance(backend, str) else backend
-        runners = {stage: engine.load(model_dir, stage) for stage in stages}
-        return cls.from_parts(manifest, EntropyTables.load(model_dir / manifest.y_tables),
-                              EntropyTables.load(model_dir / manifest.z_tables), runners, engine.name)
+        try:
+            runners = {stage: engine.load(package, stage) for stage in stages}
+            return cls(package, engine, runners, owns_backend=owned)
+        except BaseException:
+            if owned:
+                engine.close()
+            raise
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.package.manifest
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
 
     def runner(self, stage: str) -> Runner:
         try:
             return self.runners[stage]
         except KeyError:
             raise ModelError(f"stage '{stage}' was not loaded for this codec") from None
+
+    def close(self) -> None:
+        """Free every runner (and the backend when this model opened it); idempotent."""
+        for runner in self.runners.values():
+            runner.close()
+        self.runners = {}
+        if self.owns_backend:
+            self.backend.close()
 
 
 def _check_io(runners: dict[str, Runner]) -> None:

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ckbd.errors import CkbdError, ModelError, ResourceError
-from ckbd.runtime.backend import Tensor, to_host
+from ckbd.runtime.backend import ClosingBackend, Tensor, to_host
 from ckbd.runtime.bitstream import INTEGER_PATH
-from ckbd.runtime.integrity import verify_file
 from ckbd.runtime.manifest import Manifest
+from ckbd.runtime.package import ModelPackage
 from ckbd.runtime.stages import INDEX_STAGES, TensorSpec
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(int32)": "int32", "tensor(uint8)": "uint8",
@@ -64,21 +65,33 @@ def _specs(args: list) -> tuple[TensorSpec, ...]:  # type: ignore[type-arg]
 class OrtRunner:
     """One InferenceSession, created once and reused for every image."""
 
-    def __init__(self, session: object) -> None:
-        self._session = session
+    def __init__(self, session: object, stage: str = "") -> None:
+        self._session: object | None = session
+        self.stage = stage
         self.inputs = _specs(session.get_inputs())  # type: ignore[attr-defined]
         self.outputs = _specs(session.get_outputs())  # type: ignore[attr-defined]
         self._names = [o.name for o in self.outputs]
 
     @property
+    def session(self) -> Any:
+        if self._session is None:
+            raise CkbdError(f"the {self.stage or 'ONNX Runtime'} runner was closed")
+        return self._session
+
+    @property
     def providers(self) -> list[str]:
         """The execution providers the session actually runs on (ORT falls back silently)."""
-        return list(self._session.get_providers())  # type: ignore[attr-defined]
+        return list(self.session.get_providers())
+
+    def close(self) -> None:
+        """Drop the session: ONNX Runtime frees its graph and buffers (device memory too)."""
+        self._session = None
 
     def run(self, feeds: Mapping[str, Tensor], keep: Collection[str] = ()) -> dict[str, Tensor]:
         host = {name: np.ascontiguousarray(to_host(value)) for name, value in feeds.items()}
+        session = self.session
         try:
-            results = self._session.run(self._names, host)  # type: ignore[attr-defined]
+            results = session.run(self._names, host)
         except MemoryError:  # pybind11's translation of std::bad_alloc
             raise ResourceError(_OUT_OF_MEMORY) from None
         except Exception as exc:  # ORT's RuntimeException for a failed allocation
@@ -93,7 +106,7 @@ OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC"
                        "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(ClosingBackend):
     """Loads stage graphs into ONNX Runtime sessions.
 
     ``threads`` sets intra-op parallelism (0: ORT's default, all cores). ``device="cuda"`` (or
@@ -108,6 +121,7 @@ class OnnxRuntimeBackend:
                  optimization: str = "all") -> None:
         import onnxruntime as ort
 
+        self._runners = []
         if optimization not in OPTIMIZATION_LEVELS:
             raise ModelError(f"unknown ONNX Runtime optimisation level '{optimization}' "
                              f"({', '.join(OPTIMIZATION_LEVELS)})")
@@ -148,17 +162,15 @@ class OnnxRuntimeBackend:
             return [CPU_PROVIDER]
         return [(CUDA_PROVIDER, cuda_provider_options(stage, self.device_id)), CPU_PROVIDER]
 
-    def load(self, model_dir: Path, stage: str) -> OrtRunner:
-        manifest = Manifest.load(model_dir)
-        entry = manifest.graph_entry(Path(model_dir), stage, self.precision)
-        path = Path(model_dir) / entry.file
-        verify_file(path, entry.sha256)
-        providers = self.providers_for(manifest, stage)
+    def load(self, package: ModelPackage | Path, stage: str) -> OrtRunner:
+        package = ModelPackage.of(package)
+        path = package.graph_path(stage, self.precision)
+        providers = self.providers_for(package.manifest, stage)
         try:
             session = self._ort.InferenceSession(str(path), sess_options=self.options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types for unreadable graphs
             raise ModelError(f"cannot load {path}: {str(exc).splitlines()[0]}") from None
-        runner = OrtRunner(session)
+        runner = self._handed_out(OrtRunner(session, stage))
         if len(providers) > 1 and CUDA_PROVIDER not in runner.providers:
             raise CkbdError(
                 f"ONNX Runtime could not start its CUDA provider for {stage} and fell back to the CPU; "

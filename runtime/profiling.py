@@ -8,10 +8,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-DECODE_STAGES = ("z_decode", "hyper_synthesis", "anchor_params", "anchor_decode",
-                 "nonanchor_params", "nonanchor_decode", "latent_synthesis")
-ENCODE_STAGES = ("analysis", "z_encode", "hyper_synthesis", "anchor_params", "anchor_encode",
-                 "nonanchor_params", "nonanchor_encode")
+from ckbd.runtime.stages import ANALYSIS, ANCHOR_PARAMS, HYPER_SYNTHESIS, LATENT_SYNTHESIS, NONANCHOR_PARAMS
+
+# Timer names of the coding steps; graph steps are timed under their stage names.
+Z_ENCODE, Z_DECODE = "z_encode", "z_decode"
+ANCHOR_ENCODE, ANCHOR_DECODE = "anchor_encode", "anchor_decode"
+NONANCHOR_ENCODE, NONANCHOR_DECODE = "nonanchor_encode", "nonanchor_decode"
+
+#: Every timed step of a decode and of an encode, in schedule order.
+DECODE_STAGES = (Z_DECODE, HYPER_SYNTHESIS, ANCHOR_PARAMS, ANCHOR_DECODE, NONANCHOR_PARAMS, NONANCHOR_DECODE,
+                 LATENT_SYNTHESIS)
+ENCODE_STAGES = (ANALYSIS, Z_ENCODE, HYPER_SYNTHESIS, ANCHOR_PARAMS, ANCHOR_ENCODE, NONANCHOR_PARAMS,
+                 NONANCHOR_ENCODE)
 
 
 @dataclass

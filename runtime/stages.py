@@ -11,6 +11,7 @@ positions of that half in column order. The CPU coder only ever sees these halve
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 ANALYSIS = "analysis"
@@ -80,3 +81,40 @@ PAD_MULTIPLE = 64
 Y_STRIDE = 16
 #: Downsampling of z relative to the image.
 Z_STRIDE = 64
+
+#: Symbols that name channel counts (fixed per model); the others are spatial (dynamic in graphs).
+CHANNEL_SYMBOLS = frozenset({"N", "M", "2M"})
+_DIM = re.compile(r"^(\d*)([A-Za-z]+)(?:/(\d+))?$")
+
+
+def symbol_values(N: int, M: int, height: int, width: int) -> dict[str, int]:
+    """Values of the base symbols of :data:`STAGE_IO` for one model and a padded image size."""
+    return {"N": N, "M": M, "H": height, "W": width, "h": height // Y_STRIDE, "w": width // Y_STRIDE}
+
+
+def resolve_dim(dim: int | str, values: dict[str, int]) -> int:
+    """Evaluate a dimension of :data:`STAGE_IO` such as ``"w/2"``, ``"h/4"`` or ``"2M"``: the one
+    parser of these symbols, used by the exporter, the engine builder and the profiles."""
+    from ckbd.errors import CkbdError
+
+    if isinstance(dim, int):
+        return dim
+    match = _DIM.match(dim)
+    if not match or match.group(2) not in values:
+        raise CkbdError(f"cannot evaluate tensor dimension '{dim}'")
+    value = int(match.group(1) or 1) * values[match.group(2)]
+    divisor = int(match.group(3) or 1)
+    if value % divisor:
+        raise CkbdError(f"dimension '{dim}' = {value}/{divisor} is not whole; pad the image to {PAD_MULTIPLE}")
+    return value // divisor
+
+
+def stage_shapes(stage: str, N: int, M: int, height: int, width: int, outputs: bool = False,
+                 ) -> dict[str, tuple[int, ...]]:
+    """Concrete input (or output) shapes of ``stage`` for a padded image size."""
+    from ckbd.errors import CkbdError
+
+    if stage not in STAGE_IO:
+        raise CkbdError(f"unknown stage '{stage}'; stages are {', '.join(ALL_STAGES)}")
+    values = symbol_values(N, M, height, width)
+    return {spec.name: tuple(resolve_dim(d, values) for d in spec.shape) for spec in STAGE_IO[stage][outputs]}

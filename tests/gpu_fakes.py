@@ -11,6 +11,14 @@ from typing import Any
 import numpy as np
 
 from ckbd.engines.cuda_memory import CudaApi, DeviceProperties, PinnedMemory
+from ckbd.runtime.entropy_tables import gaussian_tables
+
+
+def write_tables(folder: Any, N: int, scale_table: list[float]) -> None:
+    """Real entropy tables for a fake model directory: opening a model package checks them
+    against the manifest's N and scale table."""
+    gaussian_tables(np.asarray(scale_table)).save(folder / "y_tables.npz")
+    gaussian_tables(np.ones(N)).save(folder / "z_tables.npz")
 
 
 class FakeCuda(CudaApi):

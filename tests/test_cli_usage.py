@@ -189,7 +189,7 @@ def test_eval_plots_one_labelled_series_per_model(capsys, tmp_path, monkeypatch)
 
 
 def test_default_data_folders_do_not_depend_on_the_current_folder(tmp_path, monkeypatch):
-    from ckbd.cli import options
+    from ckbd import data_paths as options
 
     def outcome() -> str:
         try:

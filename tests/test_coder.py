@@ -57,14 +57,14 @@ def check_invariants(t: EntropyTables) -> None:
     width = t.freqs.shape[1]
     valid = np.arange(width)[None, :] < t.lengths[:, None]
     assert t.freqs.dtype == np.uint32 and t.lengths.dtype == np.int32
-    assert np.all(t.freqs.astype(np.int64).sum(axis=1) == 1 << t.precision)
+    assert np.all(t.freqs.astype(np.int64).sum(axis=1) == 1 << t.probability_bits)
     assert np.all(t.freqs[valid] >= 1) and np.all(t.freqs[~valid] == 0)
 
 
 def test_gaussian_tables_shape_and_sums(tables: EntropyTables) -> None:
     check_invariants(tables)
     tails = -tables.offsets
-    assert tables.num_tables == 64 and tables.precision == 16
+    assert tables.num_tables == 64 and tables.probability_bits == 16
     np.testing.assert_array_equal(tables.lengths, 2 * tails + 2)  # -tail..tail, escape
     assert np.all(np.diff(tails) >= 0) and tails[0] >= 1
     center = tables.freqs[np.arange(64), tails]  # the mode (value 0)
@@ -103,7 +103,7 @@ def _write_npz(path: Path, tables: EntropyTables, **override: np.ndarray) -> Non
         "freqs": tables.freqs,
         "lengths": tables.lengths,
         "offsets": tables.offsets,
-        "precision": np.int32(tables.precision),
+        "precision": np.int32(tables.probability_bits),
     }
     arrays.update(override)
     arrays = {k: v for k, v in arrays.items() if v is not None}
@@ -183,7 +183,7 @@ def test_roundtrip_many_escapes(coder: IndexedCoder) -> None:
 def test_other_precisions_and_discrete_tables() -> None:
     rng = np.random.default_rng(3)
     for precision in (12, 24):
-        c = IndexedCoder(gaussian_tables(SCALES[::8], precision=precision))
+        c = IndexedCoder(gaussian_tables(SCALES[::8], probability_bits=precision))
         idx = rng.integers(0, 8, 3000).astype(np.int32)
         sym = np.rint(rng.normal(0, SCALES[::8][idx])).astype(np.int32)
         roundtrip(c, sym, idx)
@@ -291,7 +291,7 @@ def test_rate_overhead_small(coder: IndexedCoder) -> None:
 
 
 def test_estimate_bits_by_hand() -> None:
-    t = discrete_tables([np.array([0.5, 0.25, 0.125])], np.array([0]), precision=16)
+    t = discrete_tables([np.array([0.5, 0.25, 0.125])], np.array([0]), probability_bits=16)
     c = IndexedCoder(t)
     sym = np.array([0, 1, 2, 3], dtype=np.int32)  # 3 is escaped: overflow d=0, n=0
     p = t.row(0) / 65536

@@ -1,32 +1,26 @@
 """TensorRT engine tooling: everything that can be checked without TensorRT or a GPU.
 
 Metadata and its mismatch messages, size profiles and per-stage shapes, the precision policy, the
-``ckbd build`` command, lazy imports, the reusable buffer layer (on a fake CUDA API) and the
-runner's binding logic (on a fake engine). What needs the real thing skips with its reason.
+``ckbd build`` command and lazy imports. The buffer layer and the runner on fakes are in
+test_trt_runner.py. What needs the real thing skips with its reason.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import subprocess
 import sys
-import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import typer
-from gpu_fakes import FakeCuda, FakeEngine
+from engine_fixtures import M, N, engine_metadata, fake_model_dir
 from typer.testing import CliRunner
 
 from ckbd.engines.builder import BuildOptions, build_engines
-from ckbd.engines.cuda_memory import HostDeviceBuffer
 from ckbd.engines.metadata import (
-    EngineMetadata,
     Expected,
     check_compatible,
     engine_path,
@@ -39,16 +33,14 @@ from ckbd.engines.metadata import (
 )
 from ckbd.engines.policy import allows_tf32, available_precisions, exported_stages, stage_precision
 from ckbd.engines.profiles import (
-    DEFAULT_PROFILE,
     ImageSize,
     SizeProfile,
     parse_size,
-    resolve_dim,
     stage_input_shapes,
     stage_profile_shapes,
 )
 from ckbd.errors import CkbdError, MissingDependencyError, ModelError, ModelMismatchError, UsageError
-from ckbd.runtime.manifest import GraphEntry, Manifest
+from ckbd.runtime.manifest import Manifest
 from ckbd.runtime.stages import (
     ALL_STAGES,
     ANALYSIS,
@@ -56,6 +48,7 @@ from ckbd.runtime.stages import (
     HYPER_SYNTHESIS,
     LATENT_SYNTHESIS,
     NONANCHOR_PARAMS,
+    resolve_dim,
 )
 
 NO_TENSORRT = "TensorRT is not installed (cannot be installed on this workplace)"
@@ -73,56 +66,13 @@ HAS_TENSORRT = _has_real_tensorrt()
 needs_no_tensorrt = pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
 needs_tensorrt = pytest.mark.skipif(not HAS_TENSORRT, reason=NO_TENSORRT)
 
-M, N = 192, 128
-
 
 # --- fixtures --------------------------------------------------------------------------------
 
 
-def _entry(model_dir: Path, name: str, content: bytes) -> GraphEntry:
-    (model_dir / name).write_bytes(content)
-    return GraphEntry(file=name, sha256=hashlib.sha256(content).hexdigest())
-
-
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
-    """A model directory with (fake) graphs for every stage and an fp16 latent-synthesis variant."""
-    folder = tmp_path / "model dir"
-    folder.mkdir()
-    graphs = {
-        stage: _entry(folder, f"{stage}.onnx", f"graph {stage}".encode()) for stage in ALL_STAGES
-    }
-    fp16 = {LATENT_SYNTHESIS: _entry(folder, "latent_synthesis.fp16.onnx", b"fp16 graph")}
-    manifest = Manifest(
-        arch="mbt2018-ckbd",
-        N=N,
-        M=M,
-        anchor_parity="even",
-        fingerprint="ab" * 16,
-        scale_table=[0.11, 0.2],
-        opset=17,
-        graphs=graphs,
-        variants={"fp16": fp16},
-    )
-    manifest.save(folder)
-    return folder
-
-
-def _metadata(**changes: Any) -> EngineMetadata:
-    fields: dict[str, Any] = dict(
-        stage=LATENT_SYNTHESIS,
-        precision="fp16",
-        graph_precision="fp16",
-        source_file="latent_synthesis.fp16.onnx",
-        source_sha256="1" * 64,
-        engine_sha256="2" * 64,
-        tensorrt_version="10.13.0.35",
-        gpu_name="NVIDIA H100 80GB HBM3",
-        compute_capability="9.0",
-        profile=DEFAULT_PROFILE.to_dict(),
-    )
-    fields.update(changes)
-    return EngineMetadata(**fields)
+    return fake_model_dir(tmp_path)
 
 
 def _expected(**changes: Any) -> Expected:
@@ -146,7 +96,7 @@ def test_metadata_round_trip(tmp_path: Path) -> None:
     assert engine == tmp_path / "engines" / "latent_synthesis.fp16.engine"
     assert sidecar_path(engine).name == "latent_synthesis.fp16.json"
     engine.parent.mkdir()
-    meta = _metadata(forced_precision=True, extra={"note": "x"})
+    meta = engine_metadata(forced_precision=True, extra={"note": "x"})
     write_metadata(engine, meta)
     assert read_metadata(engine) == meta
     assert json.loads(sidecar_path(engine).read_text())["compute_capability"] == "9.0"
@@ -159,14 +109,14 @@ def test_metadata_unreadable_is_a_model_error(tmp_path: Path) -> None:
     sidecar_path(engine).write_text('{"stage": "x"}')
     with pytest.raises(ModelError, match="cannot read engine metadata"):
         read_metadata(engine)
-    sidecar_path(engine).write_text(_metadata(format_version=99).to_json())
+    sidecar_path(engine).write_text(engine_metadata(format_version=99).to_json())
     with pytest.raises(ModelError, match="format 99"):
         read_metadata(engine)
 
 
 def test_matching_metadata_passes() -> None:
-    assert mismatches(_metadata(), _expected()) == []
-    check_compatible(_metadata(), _expected(), Path("m"), Path("m/engines/e"))
+    assert mismatches(engine_metadata(), _expected()) == []
+    check_compatible(engine_metadata(), _expected(), Path("m"), Path("m/engines/e"))
 
 
 @pytest.mark.parametrize(
@@ -188,7 +138,7 @@ def test_matching_metadata_passes() -> None:
 def test_mismatch_names_reason_and_rebuild_command(expected: Expected, reason: str) -> None:
     model_dir = Path("/models/my model")
     with pytest.raises(ModelMismatchError) as info:
-        check_compatible(_metadata(), expected, model_dir, Path("/models/my model/engines/e"))
+        check_compatible(engine_metadata(), expected, model_dir, Path("/models/my model/engines/e"))
     message = str(info.value)
     assert reason in message
     assert (
@@ -198,7 +148,7 @@ def test_mismatch_names_reason_and_rebuild_command(expected: Expected, reason: s
 
 
 def test_all_mismatches_are_reported_together() -> None:
-    reasons = mismatches(_metadata(), _expected(tensorrt_version="11.1", compute_capability="10.0"))
+    reasons = mismatches(engine_metadata(), _expected(tensorrt_version="11.1", compute_capability="10.0"))
     assert len(reasons) == 2
 
 
@@ -418,220 +368,6 @@ def test_backend_without_tensorrt_names_the_extra() -> None:
     assert info.value.extra == "gpu"
     with pytest.raises(MissingDependencyError):
         create_backend("tensorrt", precision="fp16")
-
-
-def test_cuda_python_without_a_gpu_is_a_clear_error() -> None:
-    pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed")
-    from ckbd.engines.cuda_memory import open_cuda
-
-    try:
-        api = open_cuda(0)
-    except MissingDependencyError:  # pragma: no cover - cuda-python is importable here
-        raise
-    except CkbdError as exc:
-        assert "CUDA" in str(exc)
-    else:  # a machine with a GPU
-        assert api.device_properties().name
-
-
-# --- the buffer layer on a fake CUDA API -----------------------------------------------------
-
-
-def test_buffer_grows_only_when_needed() -> None:
-    cuda = FakeCuda()
-    buffer = HostDeviceBuffer(cuda, "x")
-    assert buffer.reserve((1, 4, 8, 8), np.dtype(np.float32))
-    first = buffer.ptr
-    assert not buffer.reserve((1, 4, 4, 4), np.dtype(np.float32))  # smaller: reused
-    assert not buffer.reserve((1, 4, 8, 8), np.dtype(np.float32))
-    assert buffer.ptr == first and len(cuda.memory) == 1
-    assert cuda.host_live == 0  # no pinned twin until something is copied to or from the host
-    buffer.enqueue_download(stream=7)
-    assert cuda.host_live == 1
-    assert buffer.reserve((1, 4, 16, 16), np.dtype(np.float32))  # larger: reallocated once
-    buffer.enqueue_download(stream=7)
-    assert len(cuda.memory) == 1 and cuda.host_live == 1
-    buffer.free()
-    assert not cuda.memory and cuda.host_live == 0
-
-
-def test_buffer_round_trip_and_generation() -> None:
-    cuda = FakeCuda()
-    buffer = HostDeviceBuffer(cuda, "x")
-    data = np.arange(24, dtype=np.int32).reshape(1, 2, 3, 4)
-    buffer.upload(data, stream=7)
-    generation = buffer.generation
-    np.testing.assert_array_equal(cuda.array(buffer.ptr, data.shape, np.int32), data)
-    cuda.write(buffer.ptr, data * 2)
-    buffer.enqueue_download(stream=7)
-    np.testing.assert_array_equal(buffer.host_view(), data * 2)
-    buffer.reserve(data.shape, np.dtype(np.int32))
-    assert buffer.generation != generation
-
-
-# --- the runner on a fake engine -------------------------------------------------------------
-
-
-@pytest.fixture
-def fake_runner(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, FakeCuda, Any]]:
-    """A TensorRTRunner around FakeEngine, with a stand-in ``tensorrt`` for its two lookups."""
-    fake_trt = types.SimpleNamespace(
-        TensorIOMode=types.SimpleNamespace(INPUT=1, OUTPUT=2), nptype=lambda dtype: dtype
-    )
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
-    from ckbd.engines.trt_backend import TensorRTRunner, _Session
-
-    cuda = FakeCuda()
-    session = _Session(cuda, cuda.create_stream())
-    runner = TensorRTRunner(
-        FakeEngine(cuda), ANCHOR_PARAMS, session, "ckbd build m --precision fp32"
-    )
-    yield runner, cuda, session
-    runner.close()
-
-
-def test_runner_reports_contract_specs(fake_runner: tuple[Any, FakeCuda, Any]) -> None:
-    runner, _, _ = fake_runner
-    assert [(s.name, s.dtype, s.shape) for s in runner.inputs] == [
-        ("hyper", "float32", (1, "2M", "h", "w"))
-    ]
-    assert [(s.name, s.dtype) for s in runner.outputs] == [
-        ("anchor_indexes", "int32"),
-        ("anchor_means", "float32"),
-    ]
-
-
-def test_runner_host_round_trip_reuses_buffers(fake_runner: tuple[Any, FakeCuda, Any]) -> None:
-    runner, cuda, _ = fake_runner
-    hyper = np.random.default_rng(0).normal(size=(1, 4, 4, 4)).astype(np.float64) * 10
-    out = runner.run({"hyper": hyper})
-    f32 = hyper.astype(np.float32)
-    np.testing.assert_array_equal(out["anchor_indexes"], f32[:, :2, :, ::2].astype(np.int32))
-    np.testing.assert_array_equal(out["anchor_means"], f32[:, 2:, :, ::2])
-    assert out["anchor_means"].dtype == np.float32 and cuda.syncs == 1
-    allocated = dict(cuda.memory)
-    runner.run({"hyper": f32[:, :, :2, :2]})  # smaller: no new allocation
-    assert cuda.memory.keys() == allocated.keys() and cuda.syncs == 2
-
-
-def test_runner_keeps_outputs_on_device(fake_runner: tuple[Any, FakeCuda, Any]) -> None:
-    from ckbd.engines.trt_backend import TrtDeviceTensor
-    from ckbd.runtime.backend import DeviceTensor
-
-    runner, cuda, _ = fake_runner
-    hyper = np.ones((1, 4, 2, 4), np.float32)
-    out = runner.run({"hyper": hyper}, keep={"anchor_means"})
-    kept = out["anchor_means"]
-    assert isinstance(kept, TrtDeviceTensor) and isinstance(kept, DeviceTensor)
-    assert isinstance(out["anchor_indexes"], np.ndarray) and cuda.dtoh == 1
-    assert kept.shape == (1, 2, 2, 2)
-    np.testing.assert_array_equal(kept.to_host(), np.ones((1, 2, 2, 2), np.float32))
-    runner.run({"hyper": hyper})
-    with pytest.raises(CkbdError, match="overwritten by a later run"):
-        kept.to_host()
-
-
-def test_runner_feeds_own_device_tensors_without_copy(
-    fake_runner: tuple[Any, FakeCuda, Any],
-) -> None:
-    from ckbd.engines.trt_backend import TrtDeviceTensor
-
-    runner, cuda, session = fake_runner
-    producer = HostDeviceBuffer(cuda, "hyper")
-    producer.upload(np.full((1, 4, 2, 4), 3.0, np.float32), session.stream)
-    uploads = cuda.htod
-    tensor = TrtDeviceTensor(producer, session, HYPER_SYNTHESIS)
-    out = runner.run({"hyper": tensor})
-    assert cuda.htod == uploads  # read in place: no host round trip
-    np.testing.assert_array_equal(out["anchor_indexes"], np.full((1, 2, 2, 2), 3, np.int32))
-
-    foreign = TrtDeviceTensor(producer, type(session)(cuda, 7), HYPER_SYNTHESIS)
-    runner.run({"hyper": foreign})  # another backend's tensor: copied through the host
-    assert cuda.htod == uploads + 1
-
-
-def test_runner_validates_feeds(fake_runner: tuple[Any, FakeCuda, Any]) -> None:
-    runner, _, _ = fake_runner
-    with pytest.raises(CkbdError, match="missing: hyper"):
-        runner.run({})
-    with pytest.raises(CkbdError, match="unknown: extra"):
-        runner.run({"hyper": np.zeros((1, 4, 2, 2), np.float32), "extra": np.zeros(1)})
-    with pytest.raises(CkbdError, match=r"outside what its engine was built for.*ckbd build m"):
-        runner.run({"hyper": np.zeros((1, 4, 16, 16), np.float32)})
-
-
-@pytest.fixture
-def fake_backend(
-    monkeypatch: pytest.MonkeyPatch, model_dir: Path
-) -> Iterator[tuple[Any, FakeCuda, Path]]:
-    """A TensorRTBackend whose TensorRT runtime and CUDA API are the fakes above."""
-    cuda = FakeCuda()
-    fake_trt = types.SimpleNamespace(
-        TensorIOMode=types.SimpleNamespace(INPUT=1, OUTPUT=2),
-        nptype=lambda dtype: dtype,
-        Runtime=lambda logger: types.SimpleNamespace(
-            deserialize_cuda_engine=lambda data: FakeEngine(cuda) if data == b"plan" else None
-        ),
-    )
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
-    import ckbd.engines.trt_backend as module
-
-    monkeypatch.setattr(module, "ensure_tensorrt", lambda purpose: None)
-    monkeypatch.setattr(module, "tensorrt_logger", lambda: None)
-    monkeypatch.setattr(module, "tensorrt_version", lambda: "10.13.0.35")
-    monkeypatch.setattr(module, "open_cuda", lambda device: cuda)
-    backend = module.TensorRTBackend(precision="fp32")
-    yield backend, cuda, model_dir
-    backend.close()
-
-
-def _install_engine(model_dir: Path, stage: str, plan: bytes, **changes: Any) -> Path:
-    manifest = Manifest.load(model_dir)
-    engine = engine_path(model_dir, stage, "fp32")
-    engine.parent.mkdir(exist_ok=True)
-    engine.write_bytes(plan)
-    fields: dict[str, Any] = dict(
-        stage=stage,
-        precision="fp32",
-        graph_precision="fp32",
-        source_file=manifest.graphs[stage].file,
-        source_sha256=manifest.graphs[stage].sha256,
-        engine_sha256=hashlib.sha256(plan).hexdigest(),
-        compute_capability="9.0",
-        gpu_name="Fake GPU",
-    )
-    fields.update(changes)
-    write_metadata(engine, _metadata(**fields))
-    return engine
-
-
-def test_backend_loads_a_matching_engine(fake_backend: tuple[Any, FakeCuda, Path]) -> None:
-    backend, _, model_dir = fake_backend
-    _install_engine(model_dir, ANCHOR_PARAMS, b"plan")
-    runner = backend.load(model_dir, ANCHOR_PARAMS)
-    out = runner.run({"hyper": np.full((1, 4, 2, 4), 2.0, np.float32)})
-    np.testing.assert_array_equal(out["anchor_means"], np.full((1, 2, 2, 2), 2.0, np.float32))
-
-
-def test_backend_refuses_missing_and_stale_engines(
-    fake_backend: tuple[Any, FakeCuda, Path],
-) -> None:
-    backend, _, model_dir = fake_backend
-    with pytest.raises(ModelError, match="no TensorRT engine .*ckbd build"):
-        backend.load(model_dir, HYPER_SYNTHESIS)
-    engine = _install_engine(model_dir, ANCHOR_PARAMS, b"plan", compute_capability="8.6")
-    with pytest.raises(ModelMismatchError, match="this GPU has 9.0.*Rebuild it with: ckbd build"):
-        backend.load(model_dir, ANCHOR_PARAMS)
-    _install_engine(model_dir, ANCHOR_PARAMS, b"plan", source_sha256="0" * 64)
-    with pytest.raises(ModelMismatchError, match="re-exported"):
-        backend.load(model_dir, ANCHOR_PARAMS)
-    _install_engine(model_dir, ANCHOR_PARAMS, b"plan")
-    engine.write_bytes(b"other plan")
-    with pytest.raises(ModelMismatchError, match="does not match its metadata"):
-        backend.load(model_dir, ANCHOR_PARAMS)
-    _install_engine(model_dir, ANCHOR_PARAMS, b"corrupt")
-    with pytest.raises(ModelMismatchError, match="TensorRT could not load"):
-        backend.load(model_dir, ANCHOR_PARAMS)
 
 
 # --- needs TensorRT and a GPU ----------------------------------------------------------------

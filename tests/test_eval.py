@@ -241,7 +241,7 @@ def test_tiny_benchmark_writes_json_and_markdown(tmp_path: Path) -> None:
 
 
 def test_bench_rd_plot_keeps_each_evaluation_its_own_curve() -> None:
-    from ckbd.tools.benchmark import combined_rd
+    from ckbd.tools.bench.render import combined_rd
 
     def rd(*families: str) -> dict:
         return {"images": ["a.png"], "models": [{"label": f, "bpp": 0.5, "psnr": 30.0, "ms_ssim": 0.9, "family": f}

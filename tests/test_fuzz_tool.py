@@ -1,4 +1,4 @@
-"""``python -m ckbd.tools.fuzz_streams``: runs cases in a capped worker and keeps its RESULTS.md section."""
+"""``ckbd check fuzz``: runs cases in a capped worker and keeps its RESULTS.md section."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ckbd.cli.bench_codecs import HAND_WRITTEN_MARKER, with_hand_written
-from ckbd.tools.fuzz_streams import KINDS, SECTION_BEGIN, _reseal, _split, classify, main, mutate
+from ckbd.cli.main import main
+from ckbd.tools.fuzz_streams import KINDS, SECTION_BEGIN, _reseal, _split, classify, mutate
 
 
 def test_a_small_run_counts_every_case_and_replaces_its_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -18,9 +19,9 @@ def test_a_small_run_counts_every_case_and_replaces_its_section(tmp_path: Path, 
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\ntable v1\n")
     for _ in range(2):
-        with pytest.raises(SystemExit) as info:
-            main(["--count", str(2 * len(KINDS)), "--results", str(results), "--json", str(tmp_path / "f.json")])
-        assert info.value.code == 0
+        argv = ["--count", str(2 * len(KINDS)), "--results", str(results), "--json", str(tmp_path / "f.json")]
+        assert main(["check", "fuzz", *argv]) == 0
+    assert "Written by `ckbd check fuzz --results docs/RESULTS.md`" in capsys.readouterr().out
     summary = json.loads((tmp_path / "f.json").read_text())
     assert summary["cases"] == 2 * len(KINDS)
     assert all(sum(counts.values()) == 2 for counts in summary["by_kind"].values())

@@ -86,7 +86,7 @@ def test_index_flip_is_reported_per_column(references: list[Reference]) -> None:
 
 def test_torch_target_decodes_the_cpu_streams(references: list[Reference]) -> None:
     pytest.importorskip("torch", reason="torch is not installed (the export extra)")
-    from ckbd.runtime.model import default_model_dir
+    from ckbd.runtime.package import default_model_dir
 
     model_dir = default_model_dir()
     checkpoint = gpu_targets.default_checkpoint(model_dir)
@@ -110,6 +110,9 @@ def test_time_budget_skips_images_but_runs_one(references: list[Reference]) -> N
 def test_check_without_gpu_backends_fails_but_reports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """``ckbd check gpu``: exit 1 with one line when no GPU backend is found; the report is written anyway."""
+    from ckbd.cli.main import main
+
     monkeypatch.setattr(gpu_targets, "default_checkpoint", lambda model_dir: None)  # no torch target
     for module in (gpu_targets, gpu_check):  # a machine without any GPU backend, wherever this runs
         monkeypatch.setattr(module, "tensorrt_missing", lambda: "not installed")
@@ -119,17 +122,27 @@ def test_check_without_gpu_backends_fails_but_reports(
     images.mkdir()
     Image.fromarray(rgb_array(64, 64, seed=3)).save(images / "a.png")
     report = tmp_path / "report.json"
-    argv = ["--images", str(images), "--json", str(report), "--repeat", "1"]
+    argv = ["check", "gpu", "--images", str(images), "--json", str(report), "--repeat", "1"]
 
-    assert gpu_check.main(argv) == 1  # no GPU backend: the check cannot pass
+    assert main(argv) == 1  # no GPU backend: the check cannot pass
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: GPU check failed: no GPU backend found")
     data = json.loads(report.read_text())
     assert {"tensorrt", "onnxruntime-cuda", "torch-cuda"} <= set(data["not_checked"])
     assert data["backends"] == [] and data["ok"] is False
 
-    assert gpu_check.main([*argv, "--include-cpu"]) == 0
+    assert main([*argv, "--include-cpu"]) == 0
     data = json.loads(report.read_text())
     (cpu,) = data["backends"]
     assert cpu["backend"] == "onnxruntime-cpu" and cpu["images_decoded"] == 1
     assert set(cpu["routing"].values()) == {"onnxruntime:cpu"}
     assert np.isfinite(cpu["median_ms"]["decode"])
     assert "all checks passed" in capsys.readouterr().out
+
+
+def test_missing_image_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ckbd.cli.main import main
+
+    assert main(["check", "gpu", "--images", str(tmp_path / "none"), "--json", str(tmp_path / "r.json")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err and not (tmp_path / "r.json").exists()

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 import pytest
-from gpu_fakes import FakeCuda, FakeEngine
+from gpu_fakes import FakeCuda, FakeEngine, write_tables
 
 from ckbd.engines.builder import BuildOptions, build_engines
 from ckbd.engines.metadata import engine_path
@@ -41,6 +41,7 @@ def _make_model_dir(folder: Path, entropy_params: str = "float") -> Path:
         (folder / name).write_bytes(content)
         return GraphEntry(file=name, sha256=hashlib.sha256(content).hexdigest())
 
+    write_tables(folder, 8, [0.11, 0.2])
     Manifest(
         arch="mbt2018-ckbd", N=8, M=12, anchor_parity="even", fingerprint="cd" * 16,
         scale_table=[0.11, 0.2], opset=17,

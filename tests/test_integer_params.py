@@ -213,7 +213,7 @@ def test_index_guess_refuses_tables_it_cannot_prove() -> None:
 
 def test_shipped_model_is_integer_and_export_default_reproduces_it(tmp_path: Path) -> None:
     from ckbd.cli.main import main
-    from ckbd.runtime.model import default_model_dir
+    from ckbd.runtime.package import default_model_dir
 
     shipped = Manifest.load(default_model_dir())
     assert shipped.entropy_params == "integer"
@@ -254,6 +254,23 @@ def test_determinism_check_reports_per_configuration(exported, tmp_path: Path) -
     assert rows["mismatched"].failed == 2 and rows["mismatched"].index_flips > 0
     assert not report.all_exact
     assert "mismatched" in format_table(report) and '"all_exact": false' in report_json(report)
+
+
+def test_check_determinism_command(exported, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    """``ckbd check determinism``: every ONNX Runtime configuration here is exact on the integer path."""
+    import json
+
+    from PIL import Image
+
+    from ckbd.cli.main import main
+
+    _, _, model_dir = exported
+    Image.fromarray(rgb_array(64, 128, seed=4)).save(tmp_path / "a.png")
+    out = tmp_path / "det.json"
+    assert main(["check", "determinism", str(model_dir), str(tmp_path / "a.png"), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["all_exact"] and {"ort-disable-1t", "ort-all-2t"} <= {c["name"] for c in report["configs"]}
+    assert "ort-basic-1t" in capsys.readouterr().out
 
 
 def test_graphs_equal_the_reference_on_an_encoders_own_latents(exported) -> None:  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ import ckbd.runtime.integrity as integrity
 from ckbd.errors import ModelError
 from ckbd.runtime.codec import Decoder, Encoder
 from ckbd.runtime.manifest import Manifest
-from ckbd.runtime.model import default_model_dir
+from ckbd.runtime.package import default_model_dir
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import tracemalloc
 
 import numpy as np
@@ -11,6 +12,7 @@ from ckbd.errors import MemoryBudgetError, UsageError
 from ckbd.runtime import memory
 from ckbd.runtime.codec import Encoder
 from ckbd.runtime.memory import MemoryBudget, available_memory, parse_memory, plan_analysis, plan_synthesis
+from ckbd.runtime.tiling import tiles
 
 ARCH, N, M = "mbt2018-ckbd", 64, 96
 
@@ -101,6 +103,30 @@ def test_encoder_refuses_before_allocating():
     assert peak < 16 << 20
 
 
+def test_decoder_refuses_a_huge_header_by_its_budget_before_allocating():
+    """A header within the pixel limit (16384x16384 = 2**28, the default) but beyond the budget is refused
+    by the budget when the header is read, before any payload or image-sized buffer exists."""
+    from ckbd.runtime import bitstream as bs
+    from ckbd.runtime.codec import Decoder
+    from ckbd.runtime.stream_io import read_stream
+
+    decoder = Decoder.open(threads=1)
+    decoder.model.memory = MemoryBudget(1 << 30)
+    m = decoder.manifest
+    data = bs.pack(bs.Bitstream.build(height=16384, width=16384, arch_id=m.arch_id, fingerprint_hex=m.fingerprint,
+                                      N=m.N, M=m.M, symbols_crc=0, z=b"", anchors=b"", nonanchors=b"",
+                                      entropy_params=m.entropy_params))
+    assert bs.peek_header(data).height == 16384  # the pixel limit lets it through
+    tracemalloc.start()
+    try:
+        with pytest.raises(MemoryBudgetError, match="16384x16384"):
+            read_stream(io.BytesIO(data), decoder.max_pixels, check=decoder.check_header)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+
+
 def test_peak_rss_follows_an_allocation():
     if not memory.reset_peak():
         pytest.skip("this kernel does not let a process reset its peak RSS")
@@ -117,5 +143,27 @@ def test_engine_extent_caps_the_tiles(plan, cap, empty_process):
     """An engine built for at most ``cap`` gets tiles (halo included) inside it, even with memory to spare."""
     p = plan(ARCH, N, M, 4320, 7680, MemoryBudget(1 << 40), cap)
     assert not p.whole
-    assert p.core_rows + 2 * p.halo <= cap[0] and p.core_cols + 2 * p.halo <= cap[1]
+    scale = 1 if plan is plan_analysis else 16
+    for rows, cols in tiles(4352 // scale, 7680 // scale, p):
+        assert rows.stop - rows.start <= cap[0] and cols.stop - cols.start <= cap[1]
     assert plan(ARCH, N, M, 512, 768, MemoryBudget(1 << 40), cap).whole
+
+
+def test_border_tiles_carry_one_halo():
+    """Cutting an axis in two reads core + halo per tile, not core + 2 halo: the plan may use it."""
+    options = memory._axis_options(4352, 64, 192)
+    assert options[0] == (4352, 4352, 4352)
+    assert options[1] == (2176, 2368, 4736)
+    assert options[2] == (1472, 1856, 5120)  # three tiles: the middle one has both halos
+    assert all(core % 64 == 0 for core, _, _ in options)
+
+
+@pytest.mark.parametrize("plan,scale", [(plan_analysis, 1), (plan_synthesis, 16)])
+def test_estimate_covers_the_largest_tile(plan, scale, empty_process):
+    """Whatever the cut, the estimate is the largest tile actually read (border tiles have one halo)."""
+    c = memory.costs(ARCH)
+    per_px = (c.analysis(N) if plan is plan_analysis else c.latent_synthesis(N)) * memory.TILE_MARGIN
+    for budget in (3 << 29, 1 << 31, 3 << 30):
+        p = plan(ARCH, N, M, 4320, 7680, MemoryBudget(budget))
+        largest = max((r.stop - r.start) * (k.stop - k.start) for r, k in tiles(4352 // scale, 7680 // scale, p))
+        assert per_px * largest * scale * scale <= p.estimate <= budget

@@ -13,9 +13,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBPACKAGES = ("ckbd", "ckbd.cli", "ckbd.models", "ckbd.export", "ckbd.runtime", "ckbd.engines",
-               "ckbd.calibration", "ckbd.tools")
+               "ckbd.calibration", "ckbd.tools", "ckbd.tools.bench", "ckbd.serving")
 RUNTIME_MODULES = ("atomic", "backend", "bitstream", "codec", "coder", "entropy_tables", "grouping", "imageio",
-                   "manifest", "model", "ort_backend", "profiling", "stages")
+                   "manifest", "model", "ort_backend", "package", "profiling", "rate", "stages")
 
 
 def _blocking(names: tuple[str, ...]) -> str:

@@ -26,7 +26,7 @@ if find_spec("pytriton") is None:
 from conftest import rgb_array
 
 from ckbd.runtime.codec import Decoder, Encoder
-from ckbd.runtime.model import default_model_dir
+from ckbd.runtime.package import default_model_dir
 from ckbd.serving.client import ServerError, TritonDecoder, TritonEncoder
 from ckbd.serving.repository import RepoOptions, write_repository
 from ckbd.serving.server import TritonServer, shm_segments

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from ckbd.errors import CkbdError
-from ckbd.runtime.model import default_model_dir
+from ckbd.runtime.package import default_model_dir
 from ckbd.runtime.stages import ALL_STAGES
 from ckbd.serving.client import parse_url
 from ckbd.serving.repository import RepoOptions, write_repository

@@ -1,26 +1,25 @@
 """Speed and rate of the integer entropy-parameter path against the float path, same weights.
 
-    python -m ckbd.tools.bench_entropy_params [--checkpoint CKPT | --N 192 --M 320] [--size 512x768]
-
-Exports the model twice (float and integer entropy parameters, calibrated on ``--calibration``
-photos) and times hyper_synthesis, anchor_params and nonanchor_params on ONNX Runtime (CPU),
-float and integer runs interleaved so that both see the same machine load; reports the median
-per stage and the ratio. With ``--images`` it also reports the coded size of each path on them.
+The command is ``ckbd bench entropy-params [--checkpoint CKPT | --N 192 --M 320] [--size 512x768]``
+(:mod:`ckbd.cli.bench_entropy_params`). :func:`run` exports the model twice (float and integer
+entropy parameters, calibrated on ``calibration`` photos) and times hyper_synthesis, anchor_params
+and nonanchor_params on ONNX Runtime (CPU), float and integer runs interleaved so that both see the
+same machine load; reports the median per stage and the ratio. Given images, it also reports the
+coded size of each path on them.
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import typer
 
-from ckbd.errors import CkbdError
+from ckbd.errors import require
 from ckbd.runtime.stages import ANCHOR_PARAMS, HYPER_SYNTHESIS, NONANCHOR_PARAMS
 
 PARAM_STAGES = (HYPER_SYNTHESIS, ANCHOR_PARAMS, NONANCHOR_PARAMS)
@@ -51,6 +50,9 @@ class ParamsBenchmark:
     @property
     def total_ratio(self) -> float:
         return sum(s.integer_ms for s in self.stages) / sum(s.float_ms for s in self.stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "total_ratio": self.total_ratio}
 
 
 def _feeds(model_dir: Path, size: tuple[int, int], threads: int) -> dict[str, dict[str, np.ndarray]]:
@@ -103,8 +105,7 @@ def coded_size_change(float_dir: Path, integer_dir: Path, images: list[np.ndarra
 
 def run(checkpoint: Path | None, N: int, M: int, size: tuple[int, int], threads: int, repeats: int,
         calibration: Path, images: list[np.ndarray], seed: int = 0) -> ParamsBenchmark:
-    import torch
-
+    torch = require("torch", "export", "The entropy-parameter benchmark (exporting the model)")
     from ckbd.export.integer_quantize import calibration_images, quantize_model
     from ckbd.export.onnx_export import export_model
     from ckbd.models.checkpoint import load_model
@@ -140,37 +141,3 @@ def format_table(result: ParamsBenchmark) -> str:
     if result.rate_change_pct is not None:
         lines += ["", f"coded size, integer vs float: {result.rate_change_pct:+.3f} % ({result.images} images)"]
     return "\n".join(lines)
-
-
-def main(
-    checkpoint: Path = typer.Option(None, "--checkpoint", help="Model to measure (default: random weights)."),
-    N: int = typer.Option(192, "--N"),
-    M: int = typer.Option(320, "--M"),
-    size: str = typer.Option("512x768", "--size", help="Padded image size HxW."),
-    threads: int = typer.Option(2, "--threads"),
-    repeats: int = typer.Option(7, "--repeats"),
-    calibration: Path = typer.Option(Path("../shared/data/train"), "--calibration"),
-    images: Path = typer.Option(None, "--images", help="Also compare coded sizes on these images."),
-    json_out: Path = typer.Option(None, "--json"),
-) -> None:
-    """Time the float and integer parameter stages of one model."""
-    from ckbd.cli.batch import expand_inputs
-    from ckbd.runtime.imageio import IMAGE_SUFFIXES, read_image
-
-    try:
-        h, w = (int(v) for v in size.lower().split("x"))
-    except ValueError:
-        raise CkbdError(f"--size must be HxW, got {size!r}") from None
-    photos = [read_image(p, quiet=True) for p in expand_inputs([images], set(IMAGE_SUFFIXES))] if images else []
-    result = run(checkpoint, N, M, (h, w), threads, repeats, calibration, photos)
-    typer.echo(format_table(result))
-    if json_out is not None:
-        json_out.write_text(json.dumps({**asdict(result), "total_ratio": result.total_ratio}, indent=2) + "\n")
-
-
-if __name__ == "__main__":
-    try:
-        typer.run(main)
-    except CkbdError as exc:
-        typer.secho(f"error: {exc}", err=True)
-        raise SystemExit(1) from None

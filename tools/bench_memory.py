@@ -1,14 +1,18 @@
-"""Peak memory and time of encoding/decoding large images, whole and tiled (``python -m ckbd.tools.bench_memory``).
+"""Peak memory and time of encoding/decoding large images, whole and tiled (``ckbd bench memory``).
 
 Every measurement runs in its own child process, so that its peak resident set (``ru_maxrss``)
 is its own, under a hard cap: an address-space limit (``RLIMIT_AS``) well above the cap and a
-watchdog that kills the child once its resident set passes the cap. Subcommands:
+watchdog that kills the child once its resident set passes the cap. The commands (``ckbd bench memory
+fit|run|roundtrip|stages|batch|render``, in :mod:`ckbd.cli.bench_memory`) call the functions here:
 
 * ``fit``: per-pixel costs of each stage (ONNX Runtime CPU, one thread) at two sizes per model,
   fitted to the ``Linear`` coefficients of :data:`ckbd.runtime.memory.COSTS`;
 * ``run``: time and peak RSS at 768x512, 1080p, 4K and 8K, whole and tiled, written to JSON and
   to the ``large-images`` section of ``docs/RESULTS.md`` (kept when ``ckbd bench codecs`` re-renders);
-* ``batch``: ``ckbd decode`` of a folder with ``--jobs N`` against the sequential run.
+* ``roundtrip``: encode and decode one large image with the default (or a given) budget;
+* ``stages``: the resident set before, during and after each stage of one encode and decode;
+* ``batch``: ``ckbd decode`` of a folder with ``--jobs N`` against the sequential run;
+* ``render``: the ``large-images`` section from the JSON files of the others.
 
 Images are a Kodak photo resized (bicubic) to each size; model folders are given (the shipped
 model by default; ``/tmp`` exports of random-weight models for other sizes).
@@ -16,7 +20,6 @@ model by default; ``/tmp`` exports of random-weight models for other sizes).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -24,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,35 +73,90 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     if kind in ("analysis", "latent_synthesis"):
         return _stage(coder, kind, height, width)
     payload: Any = _image(job["source"], height, width) if cls is codec.Encoder else Path(job["stream"]).read_bytes()
-    if kind == "encode_entropy":  # everything but the analysis transform: its outputs are given
-        m = coder.manifest
-        rng = np.random.default_rng(0)
-        shape = (1, m.M, -(-height // 64) * 4, -(-width // 64) * 2)
-        fake = {"y_anchor": rng.normal(0, 3, shape).astype(np.float32),
-                "y_nonanchor": rng.normal(0, 3, shape).astype(np.float32),
-                "z_symbols": np.zeros((1, m.N, -(-height // 64), -(-width // 64)), np.int32)}
-        codec.analyse_image = lambda run, model, image: fake  # type: ignore[attr-defined]
+    if kind == "encode_entropy":  # everything but the analysis transform: random outputs in its place
+        codec.analyse_image = lambda run, model, image: _random_analysis(coder.manifest, height, width)  # type: ignore[attr-defined]
     if kind == "decode_entropy":  # everything but the synthesis transform
         codec.synthesise_image = lambda run, model, a, n, h, w: np.full((h, w, 3), 1, np.uint8)  # type: ignore[attr-defined]
     m = coder.manifest
     planner = plan_analysis if cls is codec.Encoder else plan_synthesis
+    budget = coder.model.memory.total()  # what this job plans with (the default: from free memory now)
     try:
         found = planner(m.arch, m.N, m.M, height, width, coder.model.memory)
         plan = "whole" if found.whole else f"tiles {found.core_rows}x{found.core_cols} +{found.halo}"
     except MemoryBudgetError as exc:
         plan = str(exc)
     base = _rss()
+    timer = PeakTimer() if job.get("stage_peaks") else None
     start, cpu = time.perf_counter(), time.process_time()
     if cls is codec.Encoder:
-        data = coder.encode(payload)
+        data = coder.encode_detailed(payload, timer=timer, estimate=False).data
         if job.get("stream"):
             Path(job["stream"]).write_bytes(data)
     else:
-        image = coder.decode(payload)
+        image = coder.decode_detailed(payload, timer=timer).image
         if job.get("save"):
             np.save(job["save"], image)
-    return {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu, "peak": _peak(),
-            "base": base, "plan": plan}
+    peak = max([_peak(), *(row["peak"] for row in timer.rows)]) if timer else _peak()  # resets clear ru_maxrss
+    return {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu, "peak": peak,
+            "base": base, "plan": plan, "budget_bytes": budget, **({"stages": timer.rows} if timer else {})}
+
+
+class PeakTimer:
+    """A stage timer that also records each stage's resident set before, at its peak, and after.
+
+    The kernel's peak counter is reset as a stage starts, so each peak is that stage's own (the reset
+    clears ``ru_maxrss`` too, so a job timed this way reports the largest stage peak as its own).
+    """
+
+    def __init__(self) -> None:
+        self.times_ms: dict[str, float] = {}
+        self.rows: list[dict[str, Any]] = []
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        from ckbd.runtime.memory import peak_resident_bytes, reset_peak
+
+        before, start = _rss(), time.perf_counter()
+        reset_peak()
+        try:
+            yield
+        finally:
+            self.times_ms[name] = self.times_ms.get(name, 0.0) + (time.perf_counter() - start) * 1e3
+            self.rows.append({"stage": name, "before": before, "peak": peak_resident_bytes(), "after": _rss(),
+                              "seconds": time.perf_counter() - start})
+
+
+def stage_peaks(height: int, width: int, model: str, max_memory: str | None, cap: int,
+                entropy_only: bool) -> dict[str, Any]:
+    """Per-stage resident set of one encode and one decode: where a job's peak is.
+
+    ``entropy_only`` replaces the transforms by random latents (the coder's costly case), as ``fit``
+    does, so that the whole-latent stages of a large image are measured in a minute.
+    """
+    from ckbd.runtime.memory import parse_memory
+
+    with tempfile.TemporaryDirectory(prefix="ckbd-stages-") as tmp:
+        job = {"model": snapshot(model, Path(tmp)), "height": height, "width": width, "source": _source(),
+               "stream": str(Path(tmp) / "x.ckbd"), "stage_peaks": True,
+               "max_memory": parse_memory(max_memory) if max_memory else None}
+        result: dict[str, Any] = {"height": height, "width": width, "budget": max_memory or "default",
+                                  "entropy_only": entropy_only}
+        for kind in ("encode", "decode"):
+            result[kind] = run_capped({**job, "kind": f"{kind}_entropy" if entropy_only else kind}, cap)
+            print(json.dumps({kind: result[kind]}), flush=True)
+            if "error" in result[kind]:
+                break
+    return result
+
+
+def _random_analysis(m: Any, height: int, width: int) -> dict[str, np.ndarray]:
+    """Analysis outputs of the right shapes: latents N(0, 3), the range coder's costly case (many
+    distinct, large symbols), allocated inside the measured job as the real ``y`` is."""
+    rng = np.random.default_rng(0)
+    shape = (1, m.M, -(-height // 64) * 4, -(-width // 64) * 2)
+    return {"y_anchor": rng.normal(0, 3, shape).astype(np.float32),
+            "y_nonanchor": rng.normal(0, 3, shape).astype(np.float32),
+            "z_symbols": rng.integers(-2, 3, (1, m.N, -(-height // 64), -(-width // 64)), dtype=np.int32)}
 
 
 def _stage(coder: Any, stage: str, height: int, width: int) -> dict[str, Any]:
@@ -126,7 +186,8 @@ def run_capped(job: dict[str, Any], cap: int) -> dict[str, Any]:
         resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "ckbd.tools.bench_memory", "child", json.dumps(job)],
+    code = "from ckbd.tools.bench_memory import child_main; child_main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(job)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limit, env=env)
     killed = False
     while proc.poll() is None:
@@ -164,24 +225,32 @@ def _padded(height: int, width: int) -> int:
     return (-(-height // 64) * 64) * (-(-width // 64) * 64)
 
 
-def fit(models: list[str], cap: int) -> dict[str, Any]:
-    """Bytes per pixel of each cost term at two sizes per model, and the Linear fit over models."""
+FIT_TERMS = ("analysis", "latent_synthesis", "encode_entropy", "decode_entropy")
+FIT_SIZES = ((512, 768), (1024, 1536))
+
+
+def fit(models: list[str], cap: int, sizes: tuple[tuple[int, int], ...] = FIT_SIZES,
+        terms: tuple[str, ...] = FIT_TERMS) -> dict[str, Any]:
+    """Bytes per pixel of each cost term at two sizes (rows, cols) per model: slope and intercept.
+
+    The entropy terms are best fitted at the sizes that need a budget (4K, 8K): below the C heap's
+    mmap threshold, freed buffers stay resident and small sizes overstate the slope.
+    """
     from ckbd.runtime.manifest import Manifest
     from ckbd.runtime.model import default_model_dir
 
-    sizes = ((512, 768), (1024, 1536))
     rows = []
     for model in models:
         manifest = Manifest.load(Path(model) if model else default_model_dir())
-        for kind in ("analysis", "latent_synthesis", "encode_entropy", "decode_entropy"):
+        for kind in terms:
             stream = None
             if kind == "decode_entropy":
                 stream = tempfile.mktemp(suffix=".ckbd")
             points = []
             for height, width in sizes:
                 job = {"kind": kind, "model": model, "height": height, "width": width, "source": _source()}
-                if stream:
-                    run_capped({**job, "kind": "encode", "stream": stream}, cap)
+                if stream:  # coded from random latents: the range decoder's worst case, and no analysis to wait for
+                    run_capped({**job, "kind": "encode_entropy", "stream": stream}, cap)
                     job["stream"] = stream
                 r = run_capped(job, cap)
                 points.append((_padded(height, width), r["peak"] - r["base"]))
@@ -190,7 +259,7 @@ def fit(models: list[str], cap: int) -> dict[str, Any]:
             rows.append({"model": model or "shipped", "arch": manifest.arch, "N": manifest.N, "M": manifest.M,
                          "entropy_params": manifest.entropy_params,
                          "term": kind, "bytes_per_pixel": slope, "intercept": b0 - slope * p0,
-                         "at_sizes": [b / p for p, b in points]})
+                         "at_sizes": [b / p for p, b in points], "sizes": [f"{w}x{h}" for h, w in sizes]})
             print(json.dumps(rows[-1]), flush=True)
     return {"points": rows}
 
@@ -313,74 +382,16 @@ def roundtrip(height: int, width: int, model: str, max_memory: str | None, cap: 
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("child")
-    c.add_argument("job")
-    f = sub.add_parser("fit")
-    f.add_argument("models", nargs="*", default=[""], help="model folders ('' = the shipped model)")
-    f.add_argument("--cap", default="6G")
-    f.add_argument("--json", type=Path)
-    r = sub.add_parser("run")
-    r.add_argument("--model", action="append", default=[], metavar="LABEL:DIR:BUDGET",
-                   help="e.g. 'N=192 M=320:/tmp/m:4G' (default: the shipped model, budget 1.5G)")
-    r.add_argument("--sizes", default=",".join(SIZES))
-    r.add_argument("--cap", default="7G", help="kill a child whose resident set passes this")
-    r.add_argument("--whole-limit", default="5G", help="make no whole-image run estimated above this")
-    r.add_argument("--json", type=Path, required=True)
-    b = sub.add_parser("batch")
-    b.add_argument("images", type=Path)
-    b.add_argument("--jobs", type=int, default=2)
-    b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--json", type=Path, required=True)
-    t = sub.add_parser("roundtrip")
-    t.add_argument("size", help="HxW, e.g. 9000x12000")
-    t.add_argument("--model", default="")
-    t.add_argument("--max-memory")
-    t.add_argument("--cap", default="14G")
-    t.add_argument("--max-pixels", type=int, help="raise the codec's pixel limit (default 2^26) for this run")
-    t.add_argument("--json", type=Path, required=True)
-    w = sub.add_parser("render")
-    w.add_argument("run", type=Path)
-    w.add_argument("--fit", type=Path, action="append", default=[])
-    w.add_argument("--batch", type=Path)
-    w.add_argument("--roundtrip", type=Path)
-    w.add_argument("--tiling", type=Path)
-    w.add_argument("--note", action="append", default=[], help="a line for the section's notes")
-    w.add_argument("--markdown", type=Path, default=Path("docs/RESULTS.md"))
-    args, rest = parser.parse_known_args(argv)
-    if args.cmd == "render":
-        fits = [p for path in args.fit for p in json.loads(path.read_text())["points"]]
-        batch = json.loads(args.batch.read_text()) if args.batch else None
-        from ckbd.tools.bench_memory_report import render, write_section
-
-        extra = [json.loads(p.read_text()) if p else None for p in (args.roundtrip, args.tiling)]
-        write_section(args.markdown, render(json.loads(args.run.read_text()), fits, batch, *extra, args.note))
-        print(f"wrote {args.markdown}")
-        return
-    if args.cmd == "child":
-        print(json.dumps(child(json.loads(args.job))))
-        return
-    from ckbd.runtime.memory import parse_memory
-
-    if args.cmd == "fit":
-        result = fit(args.models, parse_memory(args.cap))
-    elif args.cmd == "run":
-        specs = [spec.split(":") for spec in args.model or ["shipped N=64 M=96::1.5G"]]
-        models = {label: (model, budget) for label, model, budget in specs}
-        result = run_sizes(models, args.sizes.split(","), parse_memory(args.cap), parse_memory(args.whole_limit))
-    elif args.cmd == "roundtrip":
-        height, width = (int(x) for x in args.size.lower().split("x"))
-        result = roundtrip(height, width, args.model, args.max_memory, parse_memory(args.cap), args.max_pixels)
-    else:
-        result = run_batch_throughput(args.images, args.jobs, args.threads)
+def with_machine(result: dict[str, Any], json_path: Path | None) -> dict[str, Any]:
+    """``result`` with the machine's description; also written to ``json_path`` when given."""
     from ckbd.tools.bench_coder import machine_info
 
     result["machine"] = machine_info()
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2))
+    return result
 
 
-if __name__ == "__main__":
-    main()
+def child_main() -> None:
+    """Entry point of a measurement child (``run_capped`` starts it): the job is argv's last item."""
+    print(json.dumps(child(json.loads(sys.argv[-1]))))

@@ -1,4 +1,4 @@
-"""The ``large-images`` section of ``docs/RESULTS.md`` from ``ckbd.tools.bench_memory`` JSON files.
+"""The ``large-images`` section of ``docs/RESULTS.md`` from ``ckbd bench memory`` JSON files.
 
 The section lives in the hand-written part of the file, between its own markers, so that
 ``ckbd bench codecs --markdown`` keeps it and a new ``render`` replaces only it.
@@ -6,10 +6,11 @@ The section lives in the hand-written part of the file, between its own markers,
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-SECTION_BEGIN = "<!-- large-images: written by python -m ckbd.tools.bench_memory render -->"
+SECTION_BEGIN = "<!-- large-images: written by ckbd bench memory render -->"
 SECTION_END = "<!-- /large-images -->"
 
 
@@ -29,19 +30,35 @@ def _cell(row: dict[str, Any] | None) -> str:
     return f"{row['cpu_seconds']:.1f} s CPU ({us:.2f} µs/px; {row['seconds']:.0f} s wall), {_gb(row['peak'])}{plan}"
 
 
+def _stage_table(found: dict[str, Any]) -> list[str]:
+    """Per-stage resident set of one encode and decode (``ckbd bench memory stages``)."""
+    what = "transforms replaced by random latents" if found["entropy_only"] else "a resized Kodak photo"
+    lines = [f"### Where the peak is: {found['model']} at {found['width']}x{found['height']}", "",
+             f"`ckbd bench memory stages {found['height']}x{found['width']}"
+             f"{' --entropy-only' if found['entropy_only'] else ''}` ({what}, budget {found['budget']}): the "
+             "process's resident set as each stage starts, its peak during the stage, and after it.", "",
+             "| direction | stage | before | peak | after | seconds |", "|---|---|---:|---:|---:|---:|"]
+    for kind in ("encode", "decode"):
+        for row in found.get(kind, {}).get("stages", []):
+            lines.append(f"| {kind} | {row['stage']} | {_gb(row['before'])} | {_gb(row['peak'])} | "
+                         f"{_gb(row['after'])} | {row['seconds']:.1f} |")
+    return [*lines, ""]
+
+
 def _cell_plain(row: dict[str, Any]) -> str:
     if "error" in row:
         return f"failed: {row['error']}"
-    return (f"{row.get('cpu_seconds', float('nan')):.0f} s CPU ({row['seconds']:.0f} s wall), peak {_gb(row['peak'])}, "
-            f"{row['plan']}")
+    budget = f" (budget {_gb(row['budget_bytes'])})" if row.get("budget_bytes") else ""
+    return (f"{row.get('cpu_seconds', float('nan')):.0f} s CPU ({row['seconds']:.0f} s wall), peak {_gb(row['peak'])}"
+            f"{budget}, {row['plan']}")
 
 
 def render(run: dict[str, Any], fit_points: list[dict[str, Any]], batch: dict[str, Any] | None,
            roundtrip: dict[str, Any] | None = None, tiling: dict[str, Any] | None = None,
-           notes: list[str] | None = None) -> str:
+           notes: list[str] | None = None, stages: list[dict[str, Any]] | None = None) -> str:
     """The markdown section: tables of the run, the fitted costs, the batch throughput."""
     lines = [SECTION_BEGIN, "", "## Large images: time and peak memory, whole and tiled", "",
-             "`python -m ckbd.tools.bench_memory run` on this project's 2-core VM, shared with other jobs "
+             "`ckbd bench memory run` on this project's 2-core VM, shared with other jobs "
              f"(load average after: {', '.join(f'{x:.1f}' for x in run['load_after'])}; so times are CPU seconds "
              "of the job's process, and wall time, inflated by the load, is given for reference); ONNX Runtime "
              "CPU, one intra-op thread, each run in its own process under an RSS cap; peak = the process's peak resident "
@@ -70,9 +87,11 @@ def render(run: dict[str, Any], fit_points: list[dict[str, Any]], batch: dict[st
         lines.append("")
     if notes:
         lines += [*(f"- {note}" for note in notes), ""]
+    for found in stages or []:
+        lines += _stage_table(found)
     if tiling:
         lines += ["### Tiled against whole on every Kodak image", "",
-                  f"`python -m ckbd.tools.tiling_check`: {len(tiling['images'])} images encoded whole and with "
+                  f"`ckbd check tiling`: {len(tiling['images'])} images encoded whole and with "
                   f"analysis tiles of {tiling['analysis_tile']} pixels, decoded whole and with synthesis tiles of "
                   f"{tiling['synthesis_tile']} positions: streams "
                   f"{'identical for every image' if tiling['all_streams_identical'] else 'NOT all identical'}, "
@@ -80,24 +99,26 @@ def render(run: dict[str, Any], fit_points: list[dict[str, Any]], batch: dict[st
     if roundtrip:
         enc, dec = roundtrip["encode"], roundtrip["decode"]
         lines += [f"### {roundtrip['width']}x{roundtrip['height']} round trip, default budget", "",
-                  f"`python -m ckbd.tools.bench_memory roundtrip {roundtrip['height']}x{roundtrip['width']}` "
-                  + (f"(pixel limit raised to {roundtrip['max_pixels']} for the run)" if roundtrip.get("max_pixels")
+                  f"`ckbd bench memory roundtrip {roundtrip['height']}x{roundtrip['width']}`"
+                  + (f" (pixel limit raised to {roundtrip['max_pixels']} for the run)" if roundtrip.get("max_pixels")
                      else "") + f": encode {_cell_plain(enc)}; decode "
                   f"{_cell_plain(dec)}; {roundtrip.get('bytes', 0) / 1e6:.1f} MB, PSNR "
                   f"{roundtrip.get('psnr', float('nan')):.2f} dB against the (resized) original.", ""]
     if fit_points:
         lines += ["### Measured cost per pixel (the memory estimate's inputs)", "",
-                  "`python -m ckbd.tools.bench_memory fit`: peak minus base RSS of one stage (or of everything but "
-                  "the transform) at 768x512 and 1536x1024, slope in bytes per padded pixel and intercept. "
-                  "`ckbd.runtime.memory.COSTS` is the line through two models per architecture.", "",
-                  "| model | entropy parameters | term | bytes/pixel | intercept |", "|---|---|---|---:|---:|"]
+                  "`ckbd bench memory fit`: peak minus base RSS of one stage (or of everything but "
+                  "the transform; random latents N(0, 3) in its place) at two sizes, slope in bytes per padded "
+                  "pixel and intercept. `ckbd.runtime.memory.COSTS` is the line through two models per "
+                  "architecture.", "",
+                  "| model | entropy parameters | term | sizes | bytes/pixel | intercept |",
+                  "|---|---|---|---|---:|---:|"]
         lines += [f"| {p['arch']} N={p['N']} M={p['M']} | {p.get('entropy_params', '')} | {p['term']} | "
-                  f"{p['bytes_per_pixel']:.1f} | "
+                  f"{', '.join(p.get('sizes', ['768x512', '1536x1024']))} | {p['bytes_per_pixel']:.1f} | "
                   f"{p['intercept'] / 1e6:.0f} MB |" for p in fit_points]
         lines.append("")
     if batch:
         lines += ["### Batch decoding, `--jobs`", "",
-                  f"`python -m ckbd.tools.bench_memory batch`: `ckbd decode` of {batch['files']} Kodak files with "
+                  f"`ckbd bench memory batch`: `ckbd decode` of {batch['files']} Kodak files with "
                   f"`--threads {batch['threads']}`: sequential {batch['sequential_s']:.1f} s, `--jobs {batch['jobs']}` "
                   f"{batch['jobs' + str(batch['jobs']) + '_s']:.1f} s: **{batch['speedup']:.2f}x**; outputs "
                   f"{'byte-identical' if batch['identical_outputs'] else 'DIFFERENT'}. Load average before/after: "
@@ -112,3 +133,12 @@ def write_section(path: Path, section: str) -> None:
     from ckbd.tools.results_sections import write_section as write
 
     write(path, section, SECTION_BEGIN, SECTION_END)
+
+
+def render_report(run: Path, fits: list[Path], batch: Path | None, roundtrip_json: Path | None,
+                  tiling: Path | None, notes: list[str], markdown: Path, stages: list[Path] = ()) -> None:
+    """The ``large-images`` section of ``markdown`` from the JSON files of the other commands."""
+    points = [p for path in fits for p in json.loads(path.read_text())["points"]]
+    load = [json.loads(p.read_text()) if p else None for p in (batch, roundtrip_json, tiling)]
+    write_section(markdown, render(json.loads(run.read_text()), points, *load, notes,
+                                   [json.loads(p.read_text()) for p in stages]))

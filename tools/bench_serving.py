@@ -1,29 +1,30 @@
 """Decode throughput and latency: in-process vs a Triton server (whole and split, 1 and 2 instances).
 
-``python -m ckbd.tools.bench_serving [--images DIR] [--count N] [--json FILE] [--markdown docs/RESULTS.md]``
+The command is ``ckbd bench serving [--images DIR] [--count N] [--json FILE] [--markdown docs/RESULTS.md]``
+(:mod:`ckbd.cli.bench_serving`; needs the ``serve`` extra).
 
 Each configuration decodes the same bitstreams (the images encoded once, in-process) from 1 and from 4
 concurrent clients; a client is a thread with its own connection (Triton) or its own Decoder
 (in-process). Every decoder, in-process or a Triton instance, runs ONNX Runtime on one thread, so the
 comparison is per instance. The split server uses the Python stand-ins for the stage models (the only
-backend the bundled server has). ``--markdown`` replaces this benchmark's section in the hand-written
-part of the file, which ``ckbd bench codecs`` keeps.
+backend the bundled server has). :func:`replace_section` replaces this benchmark's section in the
+hand-written part of ``docs/RESULTS.md``, which ``ckbd bench codecs`` keeps.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ckbd.errors import CkbdError
 
 SECTION_BEGIN = "<!-- bench_serving: begin -->"
 SECTION_END = "<!-- bench_serving: end -->"
@@ -57,7 +58,7 @@ def measure(config: str, streams: list[bytes], clients: int, make_decode: Callab
             with lock:
                 latencies.append(elapsed)
                 if not np.array_equal(image, expected[i]):
-                    errors.append(f"image {i} differs")
+                    errors.append(f"image {i}")
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     start = time.perf_counter()
@@ -69,16 +70,24 @@ def measure(config: str, streams: list[bytes], clients: int, make_decode: Callab
     for decode in decoders:
         getattr(decode, "close", lambda: None)()
     if errors:
-        raise RuntimeError(f"{config}: {errors[0]}")
+        raise CkbdError(f"{config}: {errors[0]} differs from the in-process reference decode")
     ms = np.array(latencies) * 1000
     return Measurement(config, clients, len(streams), len(streams) / wall,
                        float(np.percentile(ms, 50)), float(np.percentile(ms, 99)))
 
 
-def run(images: list[Path], clients: tuple[int, ...] = (1, 4)) -> list[Measurement]:
+def run(images: list[Path], clients: tuple[int, ...] = (1, 4),
+        on_row: Callable[[str], None] = lambda row: None) -> list[Measurement]:
+    """Every configuration with each number of ``clients``; ``on_row`` gets the table's header, then each
+    row as it is measured."""
+    from ckbd.errors import require
+
+    require("tritonclient.grpc", "serve", "The serving benchmark")
+    on_row(ROW_HEADER)
+
     from ckbd.runtime.codec import Decoder, Encoder
     from ckbd.runtime.imageio import read_image
-    from ckbd.runtime.model import default_model_dir
+    from ckbd.runtime.package import default_model_dir
     from ckbd.serving.client import TritonDecoder
     from ckbd.serving.repository import RepoOptions, write_repository
     from ckbd.serving.server import TritonServer
@@ -94,7 +103,7 @@ def run(images: list[Path], clients: tuple[int, ...] = (1, 4)) -> list[Measureme
             return Decoder.open(model_dir, threads=1).decode
 
         results.append(measure("in-process", streams, k, local, expected))
-        print(_row(results[-1]), flush=True)
+        on_row(_row(results[-1]))
     for split in (False, True):
         for instances in (1, 2):
             name = f"Triton {'split' if split else 'whole'}, {instances} instance{'s' if instances > 1 else ''}"
@@ -107,7 +116,7 @@ def run(images: list[Path], clients: tuple[int, ...] = (1, 4)) -> list[Measureme
                             return TritonDecoder(server.grpc_url)
 
                         results.append(measure(name, streams, k, lambda: _bound(remote()), expected))
-                        print(_row(results[-1]), flush=True)
+                        on_row(_row(results[-1]))
     return results
 
 
@@ -124,6 +133,10 @@ class _bound:
         self.client.close()  # type: ignore[attr-defined]
 
 
+#: The header of the rows :func:`run` reports as it goes.
+ROW_HEADER = "| configuration | clients | images/s | p50 (ms) | p99 (ms) |"
+
+
 def _row(m: Measurement) -> str:
     return f"| {m.config} | {m.clients} | {m.images_per_s:.2f} | {m.p50_ms:.0f} | {m.p99_ms:.0f} |"
 
@@ -134,7 +147,7 @@ def markdown(results: list[Measurement], images: list[Path], load: tuple[list[fl
         SECTION_BEGIN,
         "## Serving: decode throughput, in-process vs Triton",
         "",
-        f"Written by `python -m ckbd.tools.bench_serving` ({len(images)} Kodak images, {size}, the shipped model; "
+        f"Written by `ckbd bench serving` ({len(images)} Kodak images, {size}, the shipped model; "
         "every decoder runs ONNX Runtime on one thread; clients are threads, gRPC for Triton; "
         "Triton is the server bundled in nvidia-pytriton, split = Python stand-ins for the stage models).",
         "",
@@ -164,28 +177,3 @@ def replace_section(path: Path, section: str) -> None:
     from ckbd.tools.results_sections import write_section
 
     write_section(path, section, SECTION_BEGIN, SECTION_END)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=Path, default=Path("../shared/data/kodak"))
-    parser.add_argument("--count", type=int, default=24)
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--markdown", type=Path)
-    args = parser.parse_args(argv)
-    images = sorted(p for p in args.images.glob("*.png"))[: args.count]
-    if not images:
-        raise SystemExit(f"no PNG images in {args.images}")
-    start_load = [round(x, 2) for x in os.getloadavg()]
-    print("| configuration | clients | images/s | p50 (ms) | p99 (ms) |", flush=True)
-    results = run(images)
-    load = (start_load, [round(x, 2) for x in os.getloadavg()])
-    if args.json:
-        args.json.write_text(json.dumps({"images": [p.name for p in images], "load": load,
-                                         "results": [asdict(m) for m in results]}, indent=2))
-    if args.markdown:
-        replace_section(args.markdown, markdown(results, images, load))
-
-
-if __name__ == "__main__":
-    main()

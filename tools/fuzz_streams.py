@@ -1,6 +1,7 @@
 """Fuzz the decoder with mutated streams of tiny images, under a memory cap, and count what happens.
 
-    python -m ckbd.tools.fuzz_streams --count 10000 [--seed 0] [--results docs/RESULTS.md] [--json FILE]
+The command is ``ckbd check fuzz --count 10000 [--seed 0] [--results docs/RESULTS.md] [--json FILE]``
+(:mod:`ckbd.cli.check_fuzz`); :func:`run` is the fuzzer.
 
 Each case takes a valid stream of a small image and mutates it one way: a header field set to an
 edge or random value with the header CRC recomputed (so the mutation reaches the field checks
@@ -14,16 +15,15 @@ A case ends in one of: ``refused`` (a one-line ckbd error), ``identical`` (the o
 ``consistent`` (a header that announces another size within the same padded shape: the decoded
 pixels equal the original's where both exist), or a failure: ``wrong_image``, ``traceback`` (any
 other exception, an unconverted MemoryError included) or ``hang`` (no answer within
-``--timeout`` seconds). The cases run in a worker process with ``RLIMIT_AS`` set to
-``--memory-cap``; a hung worker is killed and restarted at the next case.
+``timeout`` seconds). The cases run in a worker process with ``RLIMIT_AS`` set to
+``memory_cap``; a hung worker is killed and restarted at the next case.
 
-``--results`` puts the summary in the hand-written part of ``docs/RESULTS.md`` (after the marker
-``ckbd bench codecs`` keeps when it re-renders the file), replacing the previous run's section.
+:func:`write_results_section` puts the summary in the hand-written part of ``docs/RESULTS.md`` (after
+the marker ``ckbd bench codecs`` keeps when it re-renders the file), replacing the previous run's section.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -35,6 +35,8 @@ import time
 import traceback
 import zlib
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,42 @@ KINDS = ("header_field", "header_size", "header_lengths", "payload_flip", "byte_
 FAILURES = ("wrong_image", "traceback", "hang")
 #: Tiny images keep one case in the tens of milliseconds (the sizes straddle the 64-pixel padding).
 SIZES = ((64, 64), (48, 80), (72, 40))
+
+
+@dataclass
+class FuzzConfig:
+    """One fuzzing run: cases ``0 .. count-1`` of ``seed``, each worker under ``memory_cap`` bytes (0: none)."""
+
+    count: int = 10_000
+    seed: int = 0
+    memory_cap: int = 4 << 30
+    max_pixels: int = 256 * 256  # the decoder's pixel limit (padded)
+    timeout: float = 60.0  # seconds one case may take before it is a hang
+
+
+@dataclass
+class FuzzSummary:
+    """What the cases ended in, in total and per mutation; ``failures`` lists the first 20."""
+
+    cases: int
+    seed: int
+    memory_cap_bytes: int
+    max_pixels: int
+    timeout_s: float
+    seconds: float
+    totals: dict[str, int]
+    by_kind: dict[str, dict[str, int]]
+    refusals: dict[str, int]
+    multi_line_errors: int
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    sizes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.totals.get(k, 0) for k in FAILURES)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def _reseal(fields: dict[str, Any], payload: bytes) -> bytes:
@@ -134,8 +172,8 @@ def classify(image: np.ndarray, reference: np.ndarray) -> str:
     return "wrong_image"
 
 
-def worker(args: argparse.Namespace) -> None:
-    """Run cases ``start .. start+count-1``, one JSON line each, under the memory cap."""
+def worker(config: FuzzConfig, start: int, count: int) -> None:
+    """Run cases ``start .. start+count-1``, one JSON line each on stdout, under the memory cap."""
     import resource
 
     from ckbd.errors import CkbdError
@@ -144,14 +182,14 @@ def worker(args: argparse.Namespace) -> None:
     from ckbd.runtime.stream_io import read_stream
 
     assert _LAYOUT.size + 4 == HEADER_SIZE, "header layout changed: update tools/fuzz_streams.py"
-    if args.memory_cap:
-        resource.setrlimit(resource.RLIMIT_AS, (args.memory_cap, args.memory_cap))
+    if config.memory_cap:
+        resource.setrlimit(resource.RLIMIT_AS, (config.memory_cap, config.memory_cap))
     encoder, decoder = Encoder.open(threads=1), Decoder.open(threads=1)
-    decoder.max_pixels = args.max_pixels
+    decoder.max_pixels = config.max_pixels
     bases = [encoder.encode(image) for image in _images()]
     references = [decoder.decode(data) for data in bases]
-    for i in range(args.start, args.start + args.count):
-        rng = np.random.default_rng([args.seed, i])
+    for i in range(start, start + count):
+        rng = np.random.default_rng([config.seed, i])
         kind = KINDS[i % len(KINDS)]
         which = int(rng.integers(len(bases)))
         data = mutate(kind, bases[which], bases[(which + 1) % len(bases)], rng)
@@ -167,19 +205,32 @@ def worker(args: argparse.Namespace) -> None:
         print(json.dumps(row), flush=True)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Drive workers over all cases, restarting after a hang; return the summary."""
+def worker_main(spec: str) -> None:
+    """Entry point of the worker process: ``spec`` is JSON of the config, ``start`` and ``count``."""
+    fields = json.loads(spec)
+    worker(FuzzConfig(**fields["config"]), fields["start"], fields["count"])
+
+
+def _worker_command(config: FuzzConfig, start: int, count: int) -> list[str]:
+    spec = json.dumps({"config": asdict(config), "start": start, "count": count})
+    code = "import sys; from ckbd.tools.fuzz_streams import worker_main; worker_main(sys.argv[1])"
+    return [sys.executable, "-c", code, spec]
+
+
+def run(config: FuzzConfig, on_progress: Callable[[int, int, float], None] | None = None) -> FuzzSummary:
+    """Drive workers over all cases, restarting after a hang; return the summary.
+
+    ``on_progress(done, total, seconds)`` is called every 1,000 cases.
+    """
     rows: list[dict[str, Any]] = []
-    next_case, end = 0, args.count
+    next_case, end = 0, config.count
     started = time.monotonic()
     while next_case < end:
-        cmd = [sys.executable, "-m", "ckbd.tools.fuzz_streams", "--worker", "--seed", str(args.seed),
-               "--start", str(next_case), "--count", str(end - next_case), "--memory-cap", str(args.memory_cap),
-               "--max-pixels", str(args.max_pixels)]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+        proc = subprocess.Popen(_worker_command(config, next_case, end - next_case), stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, env=env, text=True)
         assert proc.stdout is not None
-        deadline = time.monotonic() + args.timeout + 120  # the first case includes opening the model
+        deadline = time.monotonic() + config.timeout + 120  # the first case includes opening the model
         while next_case < end:
             ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
             line = proc.stdout.readline() if ready else ""
@@ -193,55 +244,54 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 break
             rows.append(json.loads(line))
             next_case = rows[-1]["i"] + 1
-            deadline = time.monotonic() + args.timeout
-            if args.progress and next_case % 1000 == 0:
-                print(f"{next_case}/{end} cases, {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+            deadline = time.monotonic() + config.timeout
+            if on_progress is not None and next_case % 1000 == 0:
+                on_progress(next_case, end, time.monotonic() - started)
         proc.wait()
-    return summarize(rows, args, time.monotonic() - started)
+    return summarize(rows, config, time.monotonic() - started)
 
 
-def summarize(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float) -> dict[str, Any]:
+def summarize(rows: list[dict[str, Any]], config: FuzzConfig, seconds: float) -> FuzzSummary:
     by_kind: dict[str, Counter[str]] = {kind: Counter() for kind in KINDS}
     for row in rows:
         by_kind[row["kind"]][row["outcome"]] += 1
-    totals = Counter(row["outcome"] for row in rows)
-    return {
-        "cases": len(rows), "seed": args.seed, "memory_cap_bytes": args.memory_cap, "max_pixels": args.max_pixels,
-        "timeout_s": args.timeout, "seconds": round(seconds, 1), "totals": dict(totals),
-        "by_kind": {k: dict(v) for k, v in by_kind.items()},
-        "refusals": dict(Counter(r.get("error") for r in rows if r["outcome"] == "refused")),
-        "multi_line_errors": sum(1 for r in rows if r["outcome"] == "refused" and not r.get("one_line", True)),
-        "failures": [r for r in rows if r["outcome"] in FAILURES][:20],
-        "sizes": [f"{w}x{h}" for h, w in SIZES],
-    }
+    return FuzzSummary(
+        cases=len(rows), seed=config.seed, memory_cap_bytes=config.memory_cap, max_pixels=config.max_pixels,
+        timeout_s=config.timeout, seconds=round(seconds, 1), totals=dict(Counter(row["outcome"] for row in rows)),
+        by_kind={k: dict(v) for k, v in by_kind.items()},
+        refusals=dict(Counter(r.get("error") for r in rows if r["outcome"] == "refused")),
+        multi_line_errors=sum(1 for r in rows if r["outcome"] == "refused" and not r.get("one_line", True)),
+        failures=[r for r in rows if r["outcome"] in FAILURES][:20],
+        sizes=[f"{w}x{h}" for h, w in SIZES],
+    )
 
 
 SECTION_BEGIN = "<!-- fuzz_streams: begin -->"
 SECTION_END = "<!-- fuzz_streams: end -->"
 
 
-def markdown(summary: dict[str, Any]) -> str:
+def markdown(summary: FuzzSummary) -> str:
     outcomes = ["refused", "identical", "consistent", *FAILURES]
+    totals = summary.totals
     lines = [SECTION_BEGIN, "## Bitstream fuzzing", "",
-             "Written by `python -m ckbd.tools.fuzz_streams --results docs/RESULTS.md` (its docstring lists the "
-             "mutations); replaced by the next run.",
-             "", f"- {summary['cases']:,} cases, seed {summary['seed']}, in {summary['seconds']:.0f} s; images "
-             f"{', '.join(summary['sizes'])} encoded with the shipped model; memory cap "
-             f"{summary['memory_cap_bytes'] / 2**30:.1f} GiB (RLIMIT_AS); pixel limit {summary['max_pixels']:,}; "
-             f"hang timeout {summary['timeout_s']} s per case",
-             f"- failures: **{sum(summary['totals'].get(k, 0) for k in FAILURES)}** "
-             f"(wrong images {summary['totals'].get('wrong_image', 0)}, tracebacks "
-             f"{summary['totals'].get('traceback', 0)}, hangs {summary['totals'].get('hang', 0)}); "
-             f"multi-line error messages: {summary['multi_line_errors']}", "",
+             "Written by `ckbd check fuzz --results docs/RESULTS.md` (the docstring of `ckbd.tools.fuzz_streams` "
+             "lists the mutations); replaced by the next run.",
+             "", f"- {summary.cases:,} cases, seed {summary.seed}, in {summary.seconds:.0f} s; images "
+             f"{', '.join(summary.sizes)} encoded with the shipped model; memory cap "
+             f"{summary.memory_cap_bytes / 2**30:.1f} GiB (RLIMIT_AS); pixel limit {summary.max_pixels:,}; "
+             f"hang timeout {summary.timeout_s} s per case",
+             f"- failures: **{summary.failed}** (wrong images {totals.get('wrong_image', 0)}, tracebacks "
+             f"{totals.get('traceback', 0)}, hangs {totals.get('hang', 0)}); "
+             f"multi-line error messages: {summary.multi_line_errors}", "",
              "| mutation | " + " | ".join(outcomes) + " |", "|---|" + "---:|" * len(outcomes)]
-    for kind, counts in summary["by_kind"].items():
+    for kind, counts in summary.by_kind.items():
         lines.append(f"| {kind} | " + " | ".join(str(counts.get(o, 0)) for o in outcomes) + " |")
     lines += ["", "Refusals by error class: "
-              + ", ".join(f"{k} {v:,}" for k, v in sorted(summary["refusals"].items(), key=lambda kv: -kv[1])) + ".",
+              + ", ".join(f"{k} {v:,}" for k, v in sorted(summary.refusals.items(), key=lambda kv: -kv[1])) + ".",
               "", "`consistent`: a resealed header announcing another size within the same padded shape decodes "
               "to the original pixels where both exist (the size is not covered by the symbols CRC; the header "
               "CRC guards it against corruption, not against deliberate edits).", ""]
-    for failure in summary["failures"]:
+    for failure in summary.failures:
         lines += [f"- case {failure['i']} ({failure['kind']}): {failure['outcome']} {failure.get('error', '')}"]
     return "\n".join([*lines, SECTION_END]) + "\n"
 
@@ -251,35 +301,3 @@ def write_results_section(path: Path, section: str) -> None:
     from ckbd.tools.results_sections import write_section
 
     write_section(path, section, SECTION_BEGIN, SECTION_END)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=10_000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--memory-cap", type=int, default=4 << 30, help="RLIMIT_AS of the worker, bytes (0: none).")
-    parser.add_argument("--max-pixels", type=int, default=256 * 256, help="Decoder pixel limit (padded).")
-    parser.add_argument("--timeout", type=float, default=60.0, help="Seconds one case may take before it is a hang.")
-    parser.add_argument("--json", type=Path, help="Write the summary as JSON.")
-    parser.add_argument("--results", type=Path, help="Put the summary in this Markdown file (docs/RESULTS.md).")
-    parser.add_argument("--progress", action="store_true", help="Print progress every 1,000 cases.")
-    args = parser.parse_args(argv)
-    if args.worker:
-        worker(args)
-        return
-    summary = run(args)
-    from ckbd.runtime.atomic import atomic_write_bytes
-
-    if args.json:
-        atomic_write_bytes(args.json, json.dumps(summary, indent=2).encode())
-    if args.results:
-        write_results_section(args.results, markdown(summary))
-    print(markdown(summary))
-    failed = sum(summary["totals"].get(k, 0) for k in FAILURES)
-    sys.exit(1 if failed else 0)
-
-
-if __name__ == "__main__":
-    main()

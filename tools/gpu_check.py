@@ -1,6 +1,7 @@
 """The one check a machine with a GPU runs: every GPU backend present, against the CPU.
 
-    python -m ckbd.tools.gpu_check [MODEL_DIR] [--images DIR] [--json FILE] [--checkpoint CKPT]
+The command is ``ckbd check gpu [MODEL_DIR] [--images DIR] [--json FILE] [--checkpoint CKPT]``
+(:mod:`ckbd.cli.check_gpu`); :func:`run_check` is the check itself:
 
 1. encodes and decodes every image on ONNX Runtime's CPU provider (the reference);
 2. builds the TensorRT engines at every precision the model has graphs for, when TensorRT is
@@ -14,33 +15,32 @@
 It uses whatever subset is installed and stays within ``--budget-s`` (default 420 s) of decoding:
 images beyond it are counted as skipped. Exit status 0 when every backend opened and decoded every
 image it ran (on the integer entropy-parameter path: with no index flip), 1 otherwise or when no
-GPU backend was found. ``--include-cpu`` adds the CPU backends as targets (a dry run without a GPU).
+GPU backend was found (:attr:`GpuCheckReport.ok`). ``--include-cpu`` adds the CPU backends as targets (a dry run without a GPU).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
-import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ckbd.engines.profiles import ImageSize, SizeProfile
-from ckbd.errors import CkbdError
+from ckbd.errors import CkbdError, installed
 from ckbd.runtime.bitstream import INTEGER_PATH
+from ckbd.runtime.profiling import DECODE_STAGES
 from ckbd.runtime.stages import DECODER_STAGES, INDEX_STAGES
 from ckbd.tools.gpu_compare import Reference, Target, TargetResult, evaluate, make_reference, one_line
 from ckbd.tools.gpu_targets import discover, tensorrt_missing
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 CHECKOUT_IMAGES = Path(__file__).resolve().parent.parent / "tests" / "data"
-TIMED = ("decode", "z_decode", *DECODER_STAGES, "anchor_decode", "nonanchor_decode")
+TIMED = ("decode", *DECODE_STAGES)
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -79,12 +79,12 @@ def environment() -> dict[str, str]:
         "machine": platform.platform(),
         "onnxruntime": f"{ort.__version__} ({', '.join(ort.get_available_providers())})",
     }
-    try:
+    if installed("torch"):
         import torch
 
         cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
         env["torch"] = f"{torch.__version__} (CUDA {torch.version.cuda}; {cuda})"
-    except ImportError:
+    else:
         env["torch"] = "not installed"
     if tensorrt_missing() is None:
         from ckbd.engines import tensorrt_version
@@ -200,18 +200,75 @@ def run_targets(
     return [evaluate(t, references, repeat, deadline) for t in targets]
 
 
-def run_check(args: argparse.Namespace) -> int:
+@dataclass
+class GpuCheckConfig:
+    """The command's options; ``model_dir`` None is the shipped model."""
+
+    model_dir: Path | None = None
+    images: Path = CHECKOUT_IMAGES
+    checkpoint: Path | None = None
+    device: int = 0
+    limit: int | None = None
+    repeat: int = 3
+    budget_s: float = 420.0
+    no_build: bool = False
+    include_cpu: bool = False
+
+
+@dataclass
+class GpuCheckReport:
+    """Everything the check found; :meth:`to_dict` is the JSON report, :func:`render` the text."""
+
+    ok: bool
+    environment: dict[str, str]
+    model_dir: Path
+    entropy_params: str
+    fingerprint: str
+    references: list[Reference]
+    results: list[TargetResult]
+    unusable: dict[str, str] = field(default_factory=dict)  # image -> why the CPU could not code it
+    builds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    not_checked: dict[str, str] = field(default_factory=dict)  # backend -> why it is absent
+    seconds: float = 0.0
+
+    def failure(self) -> str:
+        """Why the check failed, in one line ('' when it passed)."""
+        if self.ok:
+            return ""
+        failed = [r.label for r in self.results if not r.passed(self.entropy_params == INTEGER_PATH)]
+        if failed:
+            return f"backends that failed: {', '.join(failed)}"
+        return "no GPU backend found (" + "; ".join(f"{k}: {v}" for k, v in self.not_checked.items()) + ")"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "environment": self.environment,
+            "model": {"dir": str(self.model_dir), "entropy_params": self.entropy_params,
+                      "fingerprint": self.fingerprint},
+            "images": [{"image": r.name, "shape": list(r.image.shape), "bytes": len(r.data),
+                        "cpu_psnr": r.psnr} for r in self.references],
+            "images_not_coded_on_cpu": self.unusable,
+            "builds": self.builds,
+            "not_checked": self.not_checked,
+            "backends": [r.to_dict() for r in self.results],
+            "seconds": self.seconds,
+        }
+
+
+def run_check(config: GpuCheckConfig, log: Callable[[str], None] = lambda line: None) -> GpuCheckReport:
+    """Run the whole check; ``log`` gets the environment line before the (long) builds start."""
     from ckbd.engines.policy import available_precisions
     from ckbd.runtime.codec import Decoder, Encoder
     from ckbd.runtime.manifest import Manifest
-    from ckbd.runtime.model import default_model_dir
+    from ckbd.runtime.package import default_model_dir
 
     started = time.monotonic()
-    model_dir = Path(args.model_dir) if args.model_dir else default_model_dir()
+    model_dir = Path(config.model_dir) if config.model_dir else default_model_dir()
     manifest = Manifest.load(model_dir)
-    images = load_images(args.images, args.limit)
+    images = load_images(config.images, config.limit)
     env = environment()
-    print(" | ".join(f"{k} {v}" for k, v in env.items()))
+    log(" | ".join(f"{k} {v}" for k, v in env.items()))
     encoder, decoder = Encoder.open(model_dir), Decoder.open(model_dir)
     references, unusable = [], {}
     for name, image in images:
@@ -224,67 +281,26 @@ def run_check(args: argparse.Namespace) -> int:
 
     builds: dict[str, dict[str, Any]] = {}
     trt_precisions = available_precisions(manifest)
-    if tensorrt_missing() is None and not args.no_build:
-        trt_precisions, builds = build_sets(model_dir, trt_precisions, profile_for(images), args.device)
-    found = discover(model_dir, manifest, trt_precisions, args.device, args.checkpoint, args.include_cpu)
-    budget = max(0.0, args.budget_s - (time.monotonic() - started))
-    results = run_targets(found.targets, references, args.repeat, budget)
+    if tensorrt_missing() is None and not config.no_build:
+        trt_precisions, builds = build_sets(model_dir, trt_precisions, profile_for(images), config.device)
+    found = discover(model_dir, manifest, trt_precisions, config.device, config.checkpoint, config.include_cpu)
+    budget = max(0.0, config.budget_s - (time.monotonic() - started))
+    results = run_targets(found.targets, references, config.repeat, budget)
 
     exact = manifest.entropy_params == INTEGER_PATH
-    print(f"\nmodel {model_dir} ({manifest.entropy_params} entropy parameters), {len(references)} images; "
-          f"CPU reference PSNR {np.mean([r.psnr for r in references]):.2f} dB")
-    for name, why in {**found.absent, **unusable}.items():
-        print(f"not checked: {name}: {why}")
-    for precision, build in builds.items():
-        print(f"build {precision}: " + ("ok" if build["ok"] else f"FAILED {build['error']}"))
-    for table in (summary_table, latency_table, routing_table, index_diff_table):
-        print()
-        print(table(results))
     any_gpu = any(t.gpu for t in found.targets)
-    ok = bool(results) and all(r.passed(exact) for r in results) and (any_gpu or args.include_cpu)
-    report = {
-        "ok": ok,
-        "environment": env,
-        "model": {"dir": str(model_dir), "entropy_params": manifest.entropy_params,
-                  "fingerprint": manifest.fingerprint},
-        "images": [{"image": r.name, "shape": list(r.image.shape), "bytes": len(r.data),
-                    "cpu_psnr": r.psnr} for r in references],
-        "images_not_coded_on_cpu": unusable,
-        "builds": builds,
-        "not_checked": found.absent,
-        "backends": [r.to_dict() for r in results],
-        "seconds": round(time.monotonic() - started, 1),
-    }
-    Path(args.json).write_text(json.dumps(report, indent=2, sort_keys=True))
-    print(f"\n{'all checks passed' if ok else 'CHECK FAILED'}; report written to {args.json}")
-    return 0 if ok else 1
+    ok = bool(results) and all(r.passed(exact) for r in results) and (any_gpu or config.include_cpu)
+    return GpuCheckReport(ok, env, model_dir, manifest.entropy_params, manifest.fingerprint, references, results,
+                          unusable, builds, found.absent, round(time.monotonic() - started, 1))
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m ckbd.tools.gpu_check", description=(__doc__ or "").split("\n\n")[0]
-    )
-    parser.add_argument("model_dir", type=Path, nargs="?", help="model directory (default: shipped)")
-    parser.add_argument("--images", type=Path, default=CHECKOUT_IMAGES, help="folder of test images")
-    parser.add_argument("--json", type=Path, default=Path("gpu_check.json"), help="report file")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint for torch CUDA")
-    parser.add_argument("--device", type=int, default=0, help="CUDA device index")
-    parser.add_argument("--limit", type=int, default=None, help="use at most this many images")
-    parser.add_argument("--repeat", type=int, default=3, help="decodes per stream (for timing)")
-    parser.add_argument("--budget-s", type=float, default=420.0, help="time budget of the whole check")
-    parser.add_argument("--no-build", action="store_true", help="use the engines already built")
-    parser.add_argument("--include-cpu", action="store_true", help="also check the CPU backends")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse_args(argv)
-    try:
-        return run_check(args)
-    except CkbdError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def render(report: GpuCheckReport) -> str:
+    """The text the command prints after the environment line: what was left out, builds, four tables."""
+    lines = [f"model {report.model_dir} ({report.entropy_params} entropy parameters), {len(report.references)} "
+             f"images; CPU reference PSNR {np.mean([r.psnr for r in report.references]):.2f} dB"]
+    lines += [f"not checked: {name}: {why}" for name, why in {**report.not_checked, **report.unusable}.items()]
+    lines += [f"build {precision}: " + ("ok" if build["ok"] else f"FAILED {build['error']}")
+              for precision, build in report.builds.items()]
+    for table in (summary_table, latency_table, routing_table, index_diff_table):
+        lines += ["", table(report.results)]
+    return "\n".join(lines)

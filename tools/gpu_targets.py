@@ -10,19 +10,16 @@ the check itself is exercised on a machine without a GPU.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckbd.runtime.backend import Runner
+from ckbd.errors import installed
 from ckbd.runtime.manifest import Manifest
 from ckbd.runtime.ort_backend import CUDA_PROVIDER, exact_cpu_stage
 from ckbd.runtime.stages import ALL_STAGES
 from ckbd.tools.gpu_compare import Target
-
-SHIPPED_CHECKPOINT = "default_checkpoint.pt"
 
 
 @dataclass
@@ -52,10 +49,9 @@ def ort_cuda_missing() -> str | None:
 
 
 def torch_cuda_missing() -> str | None:
-    try:
-        torch = importlib.import_module("torch")
-    except ImportError:
+    if not installed("torch"):
         return "torch is not installed (the export extra)"
+    torch = importlib.import_module("torch")
     if not torch.cuda.is_available():
         return f"torch {torch.__version__} sees no CUDA device"
     return None
@@ -63,16 +59,15 @@ def torch_cuda_missing() -> str | None:
 
 def default_checkpoint(model_dir: Path) -> Path | None:
     """The shipped checkpoint when ``model_dir`` is the shipped model, else None."""
-    from ckbd.runtime.model import default_model_dir
+    from ckbd.errors import ModelError
+    from ckbd.runtime.package import ModelPackage
+    from ckbd.runtime.package import default_checkpoint as shipped_checkpoint
 
     try:
-        shipped = default_model_dir()
-    except Exception:  # an install without the default model
+        shipped = ModelPackage.open(model_dir).is_shipped
+    except ModelError:
         return None
-    candidate = shipped.parent / SHIPPED_CHECKPOINT
-    if Path(model_dir).resolve() == shipped.resolve() and candidate.is_file():
-        return candidate
-    return None
+    return shipped_checkpoint() if shipped and shipped_checkpoint().is_file() else None
 
 
 def _opened(backend: Any, decoder: Any) -> tuple[Any, Callable[[], None]]:
@@ -117,21 +112,21 @@ def torch_target(model_dir: Path, checkpoint: Path, device: str) -> Target:
     def open_() -> tuple[Any, Callable[[], None]]:
         import torch
 
-        from ckbd.export.torch_backend import TorchBackend, reference_of_export
+        from ckbd.export.torch_backend import TorchBackend
         from ckbd.runtime.codec import Decoder
-        from ckbd.runtime.model import CodecModel
+        from ckbd.runtime.package import ModelPackage
 
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.benchmark = False
-        manifest, y_tables, z_tables, reference = reference_of_export(checkpoint, model_dir,
-                                                                      "; pass its --checkpoint")
-        cpu_stages = [s for s in ALL_STAGES if exact_cpu_stage(manifest, s)]
-        backend = TorchBackend(reference.model, reference.scale_table, device=device, cpu_stages=cpu_stages,
-                               integer_params=reference.integer_params)
-        runners: dict[str, Runner] = {stage: backend.load(None, stage) for stage in Decoder.STAGES}
-        model = CodecModel.from_parts(manifest, y_tables, z_tables, runners, f"torch-{device}")
-        return _opened(backend, Decoder(model))
+        package = ModelPackage.open(Path(model_dir))
+        cpu_stages = [s for s in ALL_STAGES if exact_cpu_stage(package.manifest, s)]
+        backend = TorchBackend(checkpoint, device=device, cpu_stages=cpu_stages)
+        try:  # the backend checks that the package was exported from the checkpoint
+            return _opened(backend, Decoder.open(package, backend))
+        except BaseException:
+            backend.close()
+            raise
 
     return Target(f"torch-{device.replace(':', '')}", open_, gpu=device != "cpu")
 
@@ -168,6 +163,6 @@ def discover(
         found.absent["torch-cuda"] = str(torch_reason)
     if include_cpu:
         found.targets.append(ort_target(model_dir, "cpu", threads=1))
-        if checkpoint is not None and importlib.util.find_spec("torch") is not None:
+        if checkpoint is not None and installed("torch"):
             found.targets.append(torch_target(model_dir, checkpoint, "cpu"))
     return found

@@ -1,6 +1,7 @@
 """INT8 against FP32 on a set of images (Kodak by default), with ONNX Runtime on this machine's CPU.
 
-``python -m ckbd.tools.int8_report MODEL_DIR [--images DIR] [--count N] [--json FILE]``
+The library behind ``ckbd bench int8 MODEL_DIR [--images DIR] [--count N] [--json FILE] [--markdown FILE]``
+(:mod:`ckbd.cli.bench_int8`).
 
 Each image is encoded once with the fp32 encoder; the *same bytes* are then decoded by an fp32 and
 an int8 decoder (``precision="int8"``, i.e. the calibrated ``latent_synthesis`` variant). So:
@@ -19,10 +20,9 @@ PSNR (decoded with int8 synthesis) are reported: quantising analysis *does* chan
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -177,7 +177,8 @@ def run_report(model_dir: Path, images: list[Path], threads: int = 1, repeats: i
     model_dir = Path(model_dir)
     codecs = open_codecs(model_dir, threads)
     calibration = Manifest.load(model_dir).extra.get("calibration", {})
-    report = Int8Report(str(model_dir), threads, repeats, calibration, machine=machine_info())
+    machine = {**machine_info(), "load_average": [round(x, 2) for x in os.getloadavg()]}
+    report = Int8Report(str(model_dir), threads, repeats, calibration, machine=machine)
     for path in progress_bar(images, desc="int8 vs fp32", unit="img", enabled=progress):
         report.images.append(evaluate_image(path, codecs, repeats))
     return report
@@ -224,39 +225,31 @@ def _summary_lines(report: Int8Report) -> list[str]:
     return lines
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ckbd.tools.int8_report", description=__doc__.split("\n")[0])
-    parser.add_argument("model_dir", type=Path, help="model directory with an int8 variant (ckbd calibrate)")
-    parser.add_argument("--images", type=Path, default=None, help="image folder (default: ../shared/data/kodak)")
-    parser.add_argument("--count", type=int, default=None, help="only the first N images (sorted)")
-    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1: steadier timings)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed decodes per image and precision")
-    parser.add_argument("--json", type=Path, default=None, help="also write the full results here")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+SECTION_BEGIN = "<!-- int8: begin -->"
+SECTION_END = "<!-- int8: end -->"
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ckbd.calibration.data import find_images
-    from ckbd.cli.options import default_kodak_dir
-    from ckbd.tools.jsonfile import write_json
-
-    args = _parse_args(argv)
-    try:
-        if args.repeats < 1:
-            raise CkbdError("--repeats must be at least 1")
-        images = find_images(args.images if args.images is not None else default_kodak_dir(), args.count,
-                             what="image")
-        report = run_report(args.model_dir, images, args.threads, args.repeats, not args.no_progress)
-        print(format_report(report))
-        if args.json is not None:
-            write_json(args.json, report.to_dict())  # an identical image's infinite PSNR is null
-            print(f"wrote {args.json}")
-    except CkbdError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def render_markdown(reports: list[Int8Report], command: str) -> str:
+    """The RESULTS.md section: one summary row per model directory, with how it was calibrated."""
+    lines = [SECTION_BEGIN, "", "### INT8 vs FP32 on ONNX Runtime CPU (`ckbd bench int8`)", "",
+             f"Command: `{command}`", "",
+             "| model | target | images | threads | PSNR fp32 | PSNR int8 | change | synthesis fp32 | "
+             "synthesis int8 | speed-up | decode change |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for report in reports:
+        s = report.summary()
+        target = report.calibration.get(LATENT_SYNTHESIS, {}).get("target", "tensorrt")
+        speedup = s["synthesis_ms_fp32"] / s["synthesis_ms_int8"] if s["synthesis_ms_int8"] else float("nan")
+        lines.append(
+            f"| {Path(report.model_dir).name} | {target} | {s['images']} | {report.threads} | {s['psnr_fp32']:.3f} | "
+            f"{s['psnr_int8']:.3f} | {s['psnr_change_db']:+.3f} dB | {s['synthesis_ms_fp32']:.1f} ms | "
+            f"{s['synthesis_ms_int8']:.1f} ms | {speedup:.2f}x | {s['decode_time_change_pct']:+.1f} % |")
+    lines.append("")
+    for report in reports:
+        settings = report.calibration.get(LATENT_SYNTHESIS)
+        if settings:
+            lines.append(f"- {Path(report.model_dir).name}: `{json.dumps(settings, sort_keys=True)}`")
+    machine = reports[0].machine if reports else {}
+    lines += ["", f"Machine: {machine.get('processor', '?')}, {machine.get('cpu_count', '?')} CPUs "
+              f"(load average at the start: {machine.get('load_average', '?')}).", "", SECTION_END]
+    return "\n".join(lines) + "\n"

@@ -21,13 +21,11 @@ def _pyplot():  # type: ignore[no-untyped-def]
     return plt
 
 
-def check_plot_path(path: Path | None, option: str = "--plot") -> None:
-    """Before any work: matplotlib is installed, writes this suffix, and the folder is writable."""
+def check_plot_format(path: Path | None, option: str = "--plot") -> None:
+    """Before any work: matplotlib is installed and writes this suffix (the CLI's ``check_plot_path``
+    also checks that the folder is writable)."""
     if path is None:
         return
-    from ckbd.cli.options import check_writable
-
-    check_writable(path, option)
     require("matplotlib", "plots", "Plotting")
     from matplotlib.backend_bases import FigureCanvasBase
 

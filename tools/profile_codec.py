@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ckbd.errors import CkbdError, require
 from ckbd.progress import progress
 from ckbd.runtime.codec import Decoder, Encoder
 from ckbd.runtime.memory import peak_resident_bytes, reset_peak
@@ -44,6 +45,12 @@ class ProfileReport:
     repeat: int
     images: list[ImageProfile] = field(default_factory=list)
     machine: dict[str, Any] = field(default_factory=machine_info)
+    precision: str = "fp32"
+    #: With ``--peak``: the measured peak (:mod:`ckbd.tools.peak_probe`) and, per image stage, the
+    #: mean GFLOP of its convolutions and the GFLOP/s its mean time gives.
+    peak: dict[str, Any] = field(default_factory=dict)
+    stage_gflop: dict[str, float] = field(default_factory=dict)
+    int8_stages: list[str] = field(default_factory=list)  # image stages that ran an int8 graph
 
     def mean(self, which: str) -> dict[str, float]:
         """Per-stage mean over images of the per-image medians."""
@@ -91,10 +98,58 @@ def profile_images(encoder: Encoder, decoder: Decoder, paths: list[Path], repeat
     return report
 
 
+#: Stages whose convolution work is counted (the parameter stages are small, and integer on one path).
+RATE_STAGES = {"analysis": "encode_ms", "latent_synthesis": "decode_ms"}
+
+
+def add_compute_rates(report: ProfileReport, decoder: Decoder, threads: int) -> None:
+    """Count each image stage's GFLOP at every profiled image's padded size, and measure the peak.
+
+    Only for ONNX model directories (the count is read from the fp32 graph file); an int8 graph is
+    credited with its float graph's operations.
+    """
+    from ckbd.runtime.codec import to_network_input
+    from ckbd.runtime.stages import stage_shapes
+    from ckbd.tools.op_profile import conv_gflop
+    from ckbd.tools.peak_probe import measure_peak
+
+    onnx = require("onnx", "calibration", "counting the operations of a graph (--peak)")
+    m, model_dir = decoder.manifest, decoder.model.package.root
+    if model_dir is None:
+        raise CkbdError("--peak counts operations in the ONNX files of a model directory; this model has none")
+    for stage in RATE_STAGES:
+        graph = onnx.load(str(m.graph_path(model_dir, stage)))
+        flops = []
+        for image in report.images:
+            h, w = to_network_input(np.zeros((image.height, image.width, 3), np.uint8)).shape[2:]
+            feeds = {k: np.zeros(v, np.float32) for k, v in stage_shapes(stage, m.N, m.M, h, w).items()}
+            flops.append(conv_gflop(graph, feeds))
+        report.stage_gflop[stage] = float(np.mean(flops))
+    report.peak = measure_peak(threads or 2).to_dict()
+    if report.precision == "int8":
+        report.int8_stages = [s for s in RATE_STAGES if s in m.variants.get("int8", {})]
+
+
+def format_rates(report: ProfileReport) -> list[str]:
+    """GFLOP/s of each image stage against the measured peak of the precision it ran in."""
+    if not report.peak:
+        return []
+    lines = ["", f"{'stage':<20}{'GFLOP':>8}{'GFLOP/s':>10}{'of peak':>9}   peak ({report.peak['threads']} thread(s))"]
+    for stage, which in RATE_STAGES.items():
+        int8 = stage in report.int8_stages
+        peak = report.peak["int8_gops" if int8 else "fp32_gflops"]
+        ms = report.mean(which).get(stage, 0.0)
+        gflop = report.stage_gflop.get(stage, 0.0)
+        rate = gflop / (ms / 1e3) if ms else 0.0
+        lines.append(f"{stage:<20}{gflop:>8.1f}{rate:>10.0f}{100 * rate / peak:>8.0f} %   "
+                     f"{peak:.0f} {'u8s8 GOP/s' if int8 else 'fp32 GFLOP/s'}")
+    return lines
+
+
 def format_table(report: ProfileReport) -> str:
     """A table in the spirit of the paper's Table 3: milliseconds per decode/encode stage."""
     dec, enc = report.mean("decode_ms"), report.mean("encode_ms")
-    lines = [f"{report.arch} N={report.N} M={report.M} on {report.backend}, median of {report.repeat}, "
+    lines = [f"{report.arch} N={report.N} M={report.M} on {report.backend} ({report.precision}), median of {report.repeat}, "
              f"mean over {len(report.images)} image(s)", "", f"{'decode stage':<20}{'ms':>10}"]
     lines += [f"{k:<20}{v:>10.1f}" for k, v in dec.items()]
     lines += ["", f"{'encode stage':<20}{'ms':>10}"]
@@ -104,4 +159,5 @@ def format_table(report: ProfileReport) -> str:
     lines += ["", f"bpp {bpp:.4f}   PSNR {psnr:.2f} dB", "", f"{'peak RSS (MB)':<20}{'encode':>10}{'decode':>10}"]
     lines += [f"{f'{i.width}x{i.height}':<20}{i.encode_peak_rss / 2**20:>10.0f}{i.decode_peak_rss / 2**20:>10.0f}"
               for i in report.images]
+    lines += format_rates(report)
     return "\n".join(lines)

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ckbd.errors import require
+from ckbd.runtime.rate import bits_per_pixel
 from ckbd.tools.bdrate import MIN_POINTS, bd_rate
 from ckbd.tools.metrics import ms_ssim, psnr
 
@@ -82,7 +83,7 @@ class RDReport:
 
 def measure(original: np.ndarray, decoded: np.ndarray, n_bytes: int, name: str) -> ImageResult:
     h, w = original.shape[:2]
-    return ImageResult(name, w, h, n_bytes, 8.0 * n_bytes / (h * w), psnr(original, decoded),
+    return ImageResult(name, w, h, n_bytes, bits_per_pixel(n_bytes, h, w), psnr(original, decoded),
                        ms_ssim(original, decoded))
 
 

@@ -1,19 +1,18 @@
 """Exactness and rate check over a folder: decoded latents equal the encoder's, bytes vs ideal length.
 
-    python -m ckbd.tools.roundtrip_check [IMAGES_DIR] [--model DIR] [--backend onnxruntime] [--json FILE]
-
 For every image: encode, decode, compare all symbols and latent halves bit for bit, and compare the
-file size (header included) with the ideal code length under the model's tables.
+file size (header included) with the ideal code length under the model's tables. The command is
+``ckbd check roundtrip`` (:mod:`ckbd.cli.check_roundtrip`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ckbd.cli.options import default_kodak_dir
+from ckbd.errors import CkbdError
 from ckbd.progress import progress
 from ckbd.runtime.codec import Decoder, Encoder
 from ckbd.runtime.imageio import IMAGE_SUFFIXES, read_image
@@ -28,6 +27,33 @@ class RoundTrip:
     latents_identical: bool
 
 
+@dataclass
+class RoundTripReport:
+    """Every image's round trip; the summary properties are what the command prints."""
+
+    files: list[RoundTrip] = field(default_factory=list)
+
+    @property
+    def all_latents_identical(self) -> bool:
+        return all(r.latents_identical for r in self.files)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(r.bytes for r in self.files)
+
+    @property
+    def overhead_pct(self) -> float:
+        return 100 * (self.total_bytes / sum(r.estimated_bytes for r in self.files) - 1)
+
+    def summary(self) -> dict[str, Any]:
+        return {"images": len(self.files), "all_latents_identical": self.all_latents_identical,
+                "total_bytes": self.total_bytes, "overhead_pct": self.overhead_pct,
+                "max_overhead_pct": max(r.overhead_pct for r in self.files)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.summary(), "files": [asdict(r) for r in self.files]}
+
+
 def check(encoder: Encoder, decoder: Decoder, path: Path) -> RoundTrip:
     enc = encoder.encode_detailed(read_image(path, quiet=True))
     dec = decoder.decode_detailed(enc.data)
@@ -36,26 +62,16 @@ def check(encoder: Encoder, decoder: Decoder, path: Path) -> RoundTrip:
                      enc.latents.equals(dec.latents))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("images", type=Path, nargs="?", default=None, help="Folder (default: the project's Kodak).")
-    parser.add_argument("--model", type=Path, default=None)
-    parser.add_argument("--backend", default="onnxruntime")
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    folder = args.images if args.images is not None else default_kodak_dir()
+def images_in(folder: Path) -> list[Path]:
+    """The images directly in ``folder`` (sorted); an error when there are none."""
+    if not folder.is_dir():
+        raise CkbdError(f"{folder} is not a folder of images")
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    encoder, decoder = Encoder.open(args.model, args.backend), Decoder.open(args.model, args.backend)
-    rows = [check(encoder, decoder, p) for p in progress(paths, desc="roundtrip", unit="image")]
-    total, ideal = sum(r.bytes for r in rows), sum(r.estimated_bytes for r in rows)
-    summary = {"images": len(rows), "all_latents_identical": all(r.latents_identical for r in rows),
-               "total_bytes": total, "overhead_pct": 100 * (total / ideal - 1),
-               "max_overhead_pct": max(r.overhead_pct for r in rows), "files": [asdict(r) for r in rows]}
-    print(json.dumps({k: v for k, v in summary.items() if k != "files"}, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=2))
-    raise SystemExit(0 if summary["all_latents_identical"] else 1)
+    if not paths:
+        raise CkbdError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    return paths
 
 
-if __name__ == "__main__":
-    main()
+def run_roundtrip(encoder: Encoder, decoder: Decoder, paths: Sequence[Path]) -> RoundTripReport:
+    """Round-trip every image through one encoder and one decoder (of the same model)."""
+    return RoundTripReport([check(encoder, decoder, p) for p in progress(paths, desc="roundtrip", unit="image")])

@@ -1,4 +1,4 @@
-"""Tiled against whole-image runs on real photos (``python -m ckbd.tools.tiling_check [IMAGES]``).
+"""Tiled against whole-image runs on real photos (``ckbd check tiling [IMAGES]``).
 
 Every image is encoded whole and with small analysis tiles, and decoded whole and with small
 synthesis tiles (fixed plans, whatever the memory budget), to state how far tiling moves anything:
@@ -8,7 +8,6 @@ decoded pixels.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,12 @@ from ckbd.runtime.memory import Plan
 from ckbd.runtime.receptive_field import analysis_halo, synthesis_halo
 
 
-def check(paths: list[Path], analysis_core: int, synthesis_core: int, threads: int = 1) -> dict[str, Any]:
+def check(paths: list[Path], analysis_core: int, synthesis_core: int, threads: int = 1,
+          model: Path | None = None) -> dict[str, Any]:
+    """Per image: whole vs tiled streams identical? largest grey-level difference of the decodes?"""
     from ckbd.runtime.imageio import read_image
 
-    encoder, decoder = Encoder.open(threads=threads), Decoder.open(threads=threads)
+    encoder, decoder = Encoder.open(model, threads=threads), Decoder.open(model, threads=threads)
     arch = encoder.manifest.arch
     a_plan = Plan(False, analysis_core, analysis_core, -(-analysis_halo(arch) // 64) * 64, 0)
     s_plan = Plan(False, synthesis_core, synthesis_core, synthesis_halo(arch) + synthesis_halo(arch) % 2, 0)
@@ -50,21 +51,3 @@ def check(paths: list[Path], analysis_core: int, synthesis_core: int, threads: i
             f"{synthesis_core} latent + {s_plan.halo}", "images": rows,
             "all_streams_identical": all(r["identical_streams"] for r in rows),
             "max_grey_difference": max(r["max_grey_difference"] for r in rows)}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("images", nargs="*", type=Path)
-    parser.add_argument("--analysis-core", type=int, default=256, help="kept pixels per tile side (x64)")
-    parser.add_argument("--synthesis-core", type=int, default=8, help="kept latent positions per tile side (even)")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    paths = args.images or sorted(Path("../shared/data/kodak").glob("*.png"))
-    summary = check(paths, args.analysis_core, args.synthesis_core)
-    print(json.dumps({k: v for k, v in summary.items() if k != "images"}))
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -109,9 +109,8 @@ for file in dist.files or []:
 EOF
 
 cd "$root"
-targets=(-p ckbd.engines)
-[[ -f ckbd/cli/build.py ]] && targets+=(-m ckbd.cli.build)
-[[ -f tools/gpu_check.py ]] && targets+=(-m ckbd.tools.gpu_check)
+targets=(-p ckbd.engines -m ckbd.cli.build -m ckbd.cli.check_gpu -m ckbd.tools.gpu_check -m ckbd.runtime.package
+         -m ckbd.runtime.backend -m ckbd.runtime.model)
 MYPYPATH="$work/src:$work/stubs" "$python" -m mypy --config-file "$root/mypy-engines.ini" "${targets[@]}" 2>&1 \
     | sed -e "s#$work/src/ckbd/engines/#engines/#g" -e "s#$work/src/ckbd/tools/#tools/#g" \
           -e "s#$work/src/ckbd/#ckbd/#g" -e "s#$work/stubs/#(tensorrt-stubs) #g"

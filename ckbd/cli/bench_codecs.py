@@ -1,7 +1,7 @@
 """``ckbd bench codecs``: ckbd vs the serial-context and context-free baselines, stage by stage.
 
-Also runnable as ``python -m ckbd.tools.benchmark`` (same options). Heavy imports (torch, the
-benchmark itself) stay inside the command body so that ``ckbd --help`` stays fast.
+The benchmark itself is :mod:`ckbd.tools.bench`; heavy imports (torch, the benchmark) stay inside
+the command body so that ``ckbd --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from pathlib import Path
 import typer
 
 from ckbd.cli.bench import bench_app
+from ckbd.tools.results_sections import HAND_WRITTEN_MARKER as HAND_WRITTEN_MARKER  # for older importers
+from ckbd.tools.results_sections import with_hand_written
 
 
 def _arch_size(text: str) -> tuple[int, int]:
@@ -52,16 +54,9 @@ def codecs_command(
     all codecs share the size, the threads, the images and the entropy coder.
     """
     from ckbd.runtime.atomic import atomic_write_bytes
-    from ckbd.tools.benchmark import (
-        BenchConfig,
-        default_images,
-        format_markdown,
-        read_rd,
-        read_report,
-        run_benchmark,
-        write_plots,
-    )
-    from ckbd.tools.jsonfile import write_json
+    from ckbd.tools.bench.render import format_markdown, read_rd, write_plots
+    from ckbd.tools.bench.report import read_report
+    from ckbd.tools.bench.run import BenchConfig, run_benchmark
 
     rds = {path.stem: read_rd(path) for path in eval_json or []}
     if from_json is not None:
@@ -75,7 +70,7 @@ def codecs_command(
     text = format_markdown(report, rds)
     typer.echo(text)
     if json_path is not None:
-        write_json(json_path, report)
+        atomic_write_bytes(json_path, report.to_json().encode())
         typer.echo(f"wrote {json_path}")
     if markdown is not None:
         atomic_write_bytes(markdown, with_hand_written(text, markdown).encode())
@@ -85,35 +80,16 @@ def codecs_command(
             typer.echo(f"wrote {path}")
 
 
-#: Everything from this line on in the --markdown file is written by hand and kept on re-rendering.
-HAND_WRITTEN_MARKER = "<!-- hand-written sections below: kept by `ckbd bench codecs --markdown` -->"
+def default_images(images: Path | None, count: int | None) -> list[Path]:
+    """The image files to time: ``images`` (a folder or a file) or Kodak, the first ``count`` of them."""
+    from ckbd.cli.batch import expand_inputs
+    from ckbd.data_paths import default_kodak_dir
+    from ckbd.runtime.imageio import IMAGE_SUFFIXES
 
-
-def with_hand_written(rendered: str, previous: Path) -> str:
-    """``rendered`` followed by the hand-written part of the file it replaces (if any)."""
-    old = previous.read_text(encoding="utf-8") if previous.is_file() else ""
-    at = old.find(HAND_WRITTEN_MARKER)
-    return rendered if at < 0 else rendered.rstrip("\n") + "\n\n" + old[at:]
+    paths = expand_inputs([images if images is not None else default_kodak_dir()], IMAGE_SUFFIXES)
+    return paths[:count] if count else paths
 
 
 def register(app: typer.Typer) -> None:
     """Adds ``codecs`` to the ``bench`` group (registered by :mod:`ckbd.cli.bench`)."""
     bench_app.command("codecs")(codecs_command)
-
-
-def main() -> None:
-    """``python -m ckbd.tools.benchmark``: the same command as a standalone program."""
-    import os
-    import sys
-
-    from ckbd.errors import CkbdError
-
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command()(codecs_command)
-    try:
-        app()
-    except CkbdError as exc:
-        if os.environ.get("CKBD_DEBUG", "") not in ("", "0"):
-            raise
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-        sys.exit(1)

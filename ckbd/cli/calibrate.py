@@ -33,20 +33,35 @@ def calibrate_command(
                                       help="Also quantise the GDN/IGDN norm convolutions (default: keep them float)."),
     reduce_range: bool = typer.Option(False, "--reduce-range/--full-range",
                                       help="7-bit weights: for x86 CPUs without VNNI, whose int8 kernels can saturate."),
+    target: str = typer.Option("tensorrt", "--target",
+                               help="tensorrt: symmetric int8 (TensorRT); cpu: asymmetric uint8 activations and "
+                                    "int32 biases, the form ONNX Runtime's x86 int8 kernels fuse."),
+    max_loss_db: float = typer.Option(None, "--max-loss-db", min=0.0,
+                                      help="Keep the most sensitive synthesis layers float until the PSNR loss on the "
+                                           "calibration images is at most this many dB (e.g. 0.1)."),
     threads: int = ThreadsOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar per stage."),
     quiet: bool = QuietOption,
 ) -> None:
-    """Calibrate INT8 (Q/DQ, symmetric, TensorRT-compatible) variants of the synthesis/analysis graphs."""
+    """Calibrate INT8 (Q/DQ) variants of the synthesis/analysis graphs for TensorRT or ONNX Runtime CPU."""
     from ckbd.calibration import calibrate, check_stages
-    from ckbd.cli.options import default_train_dir
+    from ckbd.calibration.targets import quant_target
+
+    quant_target(target)  # a bad --target fails before any image is read
+    from ckbd.data_paths import default_train_dir
 
     stage_list = check_stages(stages)  # refuse parameter graphs before any image is read
     folder = images if images is not None else default_train_dir()
     manifest = calibrate(model_dir, folder, method=method, count=count, stages=stage_list,
                          per_channel=per_channel, threads=threads, progress=progress and not quiet, quantize_gdn=quantize_gdn,
-                         reduce_range=reduce_range)
+                         reduce_range=reduce_range, target=target, max_loss_db=max_loss_db)
     for stage in stage_list:
         entry = manifest.variants["int8"][stage]
         typer.echo(f"{stage}: wrote {model_dir / entry.file} (sha256 {entry.sha256[:16]}...)")
+        found = manifest.extra.get("calibration", {}).get(stage, {})
+        if "estimated_loss_db" in found:
+            kept = ", ".join(found["float_layers"]) or "none"
+            typer.echo(f"  PSNR loss {found['estimated_loss_db']:.3f} dB on the calibration images "
+                       f"(all layers int8: {found['all_quantized_loss_db']:.3f} dB); kept float: {kept}"
+                       + ("" if found.get("budget_met", True) else " -- budget NOT met"))
     typer.echo(f"use it with: ckbd decode --precision int8 --model {model_dir} ...")

@@ -61,6 +61,7 @@ def encode_command(
     """Compress images to .ckbd files (folders are searched recursively; -o FOLDER keeps their layout)."""
     from ckbd.runtime.codec import Decoder, Encoder
     from ckbd.runtime.imageio import IMAGE_SUFFIXES
+    from ckbd.runtime.rate import bits_per_pixel
     from ckbd.tools.metrics import psnr
 
     inputs = expand_inputs(images, IMAGE_SUFFIXES)
@@ -79,7 +80,7 @@ def encode_command(
         image = _read_input_image(src)
         data = encoder.encode(image)
         write_output(dst, data, force)
-        row: dict[str, Any] = {"bytes": len(data), "bpp": 8 * len(data) / (image.shape[0] * image.shape[1])}
+        row: dict[str, Any] = {"bytes": len(data), "bpp": bits_per_pixel(len(data), *image.shape[:2])}
         if decoder is not None:
             row["psnr"] = psnr(image, decoder.decode(data))
         return row
@@ -117,6 +118,7 @@ def decode_command(
     from ckbd.errors import CkbdError
     from ckbd.runtime.codec import Decoder
     from ckbd.runtime.imageio import OutputFormat, image_bytes, output_format
+    from ckbd.runtime.rate import bits_per_pixel
     from ckbd.runtime.stream_io import read_stream
     from ckbd.tools.metrics import psnr
 
@@ -144,7 +146,7 @@ def decode_command(
         reference = None if ref is None else _reference(ref, src, stream.header)
         image = decoder.decode(stream.data)
         write_output(dst, image_bytes(image, formats[dst]), force)
-        row: dict[str, Any] = {"bytes": stream.size, "bpp": 8 * stream.size / (image.shape[0] * image.shape[1])}
+        row: dict[str, Any] = {"bytes": stream.size, "bpp": bits_per_pixel(stream.size, *image.shape[:2])}
         if reference is not None:
             row["psnr"] = psnr(reference, image)
         return row

@@ -14,9 +14,8 @@ ModelOption = typer.Option(None, "--model", "-m",
 def _backend(value: str) -> str:
     from ckbd.runtime.backend import available_backends
 
-    choices = (*available_backends(), "torch")
-    if value not in choices:
-        raise typer.BadParameter(f"'{value}' is not a backend; choose one of {', '.join(choices)}")
+    if value not in available_backends():
+        raise typer.BadParameter(f"'{value}' is not a backend; choose one of {', '.join(available_backends())}")
     return value
 
 
@@ -40,29 +39,22 @@ C = TypeVar("C")
 
 def open_codec(cls: type[C], model: Path | None, backend: str, threads: int = 0, precision: str = "fp32",
                memory: object = None) -> C:
-    """Open an Encoder or Decoder on the requested backend; ``memory`` is its ``MemoryBudget``."""
-    if backend == "torch":
-        codec = _open_torch(cls, model)
+    """Open an Encoder or Decoder on a backend from the registry; ``memory`` is its ``MemoryBudget``.
+
+    ``model`` is an exported directory (the shipped model when None) on any backend, or a
+    checkpoint file, which only the torch backend runs (its package built in memory, float path).
+    """
+    from ckbd.errors import UsageError
+
+    if model is not None and model.is_file():
+        if backend != "torch":
+            raise UsageError(f"{model} is a file: export it first (ckbd export {model} -o DIR), "
+                             "or run the checkpoint with --backend torch")
+        from ckbd.export.torch_backend import open_reference
+
+        codec = open_reference(cls, model)
     else:
-        options: dict[str, object] = {"precision": precision}
-        if backend == "onnxruntime":
-            options["threads"] = threads
-        codec = cls.open(model, backend, **options)  # type: ignore[attr-defined]
+        codec = cls.open(model, backend, threads=threads, precision=precision)  # type: ignore[attr-defined]
     if memory is not None:
         codec.model.memory = memory  # type: ignore[attr-defined]
     return codec  # type: ignore[no-any-return]
-
-
-def _open_torch(cls: type[C], model: Path | None) -> C:
-    """The torch reference: a checkpoint (float path), a model directory exported from the shipped
-    checkpoint, or by default the shipped model itself on its integer path (same bitstreams as ONNX)."""
-    from ckbd.export.torch_backend import open_reference, open_reference_of_export
-    from ckbd.runtime.model import default_model_dir
-
-    if model is None or model.is_dir():
-        shipped = default_model_dir()
-        return open_reference_of_export(
-            cls, shipped.parent / "default_checkpoint.pt", shipped if model is None else model,
-            " (the shipped checkpoint): pass --model CHECKPOINT (float path) or use "
-            "ckbd.export.torch_backend.open_reference(cls, CHECKPOINT, MODEL_DIR) from Python")
-    return open_reference(cls, model)

@@ -46,10 +46,10 @@ def eval_command(
     A lossless result has an infinite PSNR: "inf" in the table, null in the JSON, left out of the plot.
     """
     from ckbd.cli.batch import expand_inputs
-    from ckbd.cli.options import check_writable, default_kodak_dir
+    from ckbd.cli.options import check_plot_path, check_writable
+    from ckbd.data_paths import default_kodak_dir
     from ckbd.runtime.imageio import IMAGE_SUFFIXES
     from ckbd.tools.jsonfile import write_json
-    from ckbd.tools.plots import check_plot_path
     from ckbd.tools.rd_eval import evaluate, format_table, plot_rd
 
     sweep = _qualities(qualities)

@@ -47,7 +47,7 @@ def _integer_params(model: object, shipped: bool, images: Path | None, activatio
     if shipped:
         return IntegerParams.load(DEFAULT_CHECKPOINT.parent / "default" / INTEGER_PARAMS_NAME)
     if images is None:
-        from ckbd.cli.options import SHARED_DATA
+        from ckbd.data_paths import SHARED_DATA
 
         images = SHARED_DATA / "train"
         if not images.is_dir():

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ckbd.runtime import bitstream as bs
+from ckbd.runtime.rate import bits_per_pixel
 
 
 def readable_size(n: int) -> str:
@@ -27,7 +28,7 @@ def model_name(fingerprint_hex: str) -> str | None:
     """A name for the model that wrote the file when it is one ckbd knows (the shipped default)."""
     from ckbd.errors import CkbdError
     from ckbd.runtime.manifest import Manifest
-    from ckbd.runtime.model import default_model_dir
+    from ckbd.runtime.package import default_model_dir
 
     try:
         manifest = Manifest.load(default_model_dir())
@@ -49,7 +50,7 @@ def summarize(header: bs.Header, size: int, name: str) -> dict[str, Any]:
                   "name": model_name(h.fingerprint_hex)},
         "width": h.width,
         "height": h.height,
-        "bpp": round(8 * size / pixels, 4) if pixels else None,
+        "bpp": round(bits_per_pixel(size, h.height, h.width), 4) if pixels else None,
         "y_shape": [h.M, h.y_h, h.y_w],
         "z_shape": [h.N, h.z_h, h.z_w],
         "payload_bytes": {"header": bs.HEADER_SIZE, "z": h.z_length, "anchors": h.anchor_length,

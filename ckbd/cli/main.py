@@ -34,7 +34,9 @@ app = typer.Typer(
 # they import heavy dependencies inside the command bodies, so `ckbd --help` stays fast.
 COMMAND_MODULES = (
     "codec", "info", "train", "export_cmd", "profile", "bench", "bench_codecs", "build", "calibrate", "eval", "study",
-    "serve",
+    "serve", "check", "ship",
+    "check_roundtrip", "check_determinism", "check_gpu", "check_fuzz", "bench_entropy_params", "bench_serving",
+    "bench_memory", "check_tiling", "bench_int8", "bench_ops",
 )
 
 _state = {"debug": False}

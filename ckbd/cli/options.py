@@ -7,26 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ckbd.errors import CkbdError, UsageError
-
-#: The project's data folder, next to the repository (``../shared/data`` seen from the checkout),
-#: found from this file rather than from the current folder so the defaults work from anywhere.
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-def _shared(sub: str) -> Path:
-    path = SHARED_DATA / sub
-    if not path.is_dir():
-        raise CkbdError(f"no image folder given and {path} does not exist; pass one explicitly")
-    return path
-
-
-def default_train_dir() -> Path:
-    return _shared("train")
-
-
-def default_kodak_dir() -> Path:
-    return _shared("kodak")
+from ckbd.errors import UsageError
 
 
 def check_writable(path: Path | None, option: str) -> None:
@@ -40,6 +21,16 @@ def check_writable(path: Path | None, option: str) -> None:
         raise UsageError(f"{option} {path}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"{option} {path}: the folder {folder} is not writable")
+
+
+def check_plot_path(path: Path | None, option: str = "--plot") -> None:
+    """Before any work: the plot's folder is writable, matplotlib is installed and writes this suffix."""
+    if path is None:
+        return
+    from ckbd.tools.plots import check_plot_format
+
+    check_writable(path, option)
+    check_plot_format(path, option)
 
 
 def check_input_dir(path: Path | None, option: str) -> None:

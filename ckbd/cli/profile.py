@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ckbd.cli.codec_options import BackendOption, ModelOption, ThreadsOption, open_codec
-from ckbd.cli.options import QuietOption, check_writable
+from ckbd.cli.codec_options import BackendOption, ModelOption, PrecisionOption, ThreadsOption, open_codec
+from ckbd.cli.options import QuietOption, check_plot_path, check_writable
 
 
 def register(app: typer.Typer) -> None:
@@ -19,6 +19,10 @@ def profile_command(
     model: Path = ModelOption,
     backend: str = BackendOption,
     threads: int = ThreadsOption,
+    precision: str = PrecisionOption,
+    peak: bool = typer.Option(False, "--peak/--no-peak",
+                              help="Also count the convolution work of the image stages and measure the machine's "
+                                   "peak (a matrix-product probe): GFLOP/s per stage, and how far from the limit."),
     repeat: int = typer.Option(5, "--repeat", "-r", min=1, help="Timed repeats per image (after one warm-up)."),
     json_path: Path = typer.Option(None, "--json", help="Write per-image and mean stage times (ms)."),
     plot: Path = typer.Option(None, "--plot", help="Stacked bar chart of the mean stage times (PNG/SVG/PDF)."),
@@ -30,15 +34,19 @@ def profile_command(
     from ckbd.runtime.imageio import IMAGE_SUFFIXES
     from ckbd.runtime.profiling import DECODE_STAGES, ENCODE_STAGES
     from ckbd.tools.jsonfile import write_json
-    from ckbd.tools.plots import check_plot_path
     from ckbd.tools.profile_codec import format_table, profile_images
 
     check_writable(json_path, "--json")
     check_plot_path(plot)
     paths = expand_inputs(images, IMAGE_SUFFIXES)
-    encoder = open_codec(Encoder, model, backend, threads)
-    decoder = open_codec(Decoder, model, backend, threads)
+    encoder = open_codec(Encoder, model, backend, threads, precision)
+    decoder = open_codec(Decoder, model, backend, threads, precision)
     report = profile_images(encoder, decoder, paths, repeat)
+    report.precision = precision
+    if peak:
+        from ckbd.tools.profile_codec import add_compute_rates
+
+        add_compute_rates(report, decoder, threads)
     typer.echo(format_table(report))
     if json_path is not None:
         write_json(json_path, report.to_dict())

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ckbd.cli.options import QuietOption, check_input_dir, check_writable, default_train_dir
+from ckbd.cli.options import QuietOption, check_input_dir, check_writable
+from ckbd.data_paths import default_train_dir
 from ckbd.errors import UsageError
 
 
@@ -48,7 +49,7 @@ def train_command(
     """
     from dataclasses import fields
 
-    from ckbd.models.registry import M_EQUALS_N
+    from ckbd.models.config import M_EQUALS_N
     from ckbd.training import TrainConfig, train
 
     given = {k: v for k, v in (("arch", arch), ("N", N), ("M", M)) if v is not None}

@@ -44,15 +44,22 @@ from ckbd.models.registry import ARCHITECTURES, build_model
 #: Keys under which training scripts commonly nest the weights.
 WRAPPER_KEYS = ("state_dict", "model", "network", "net", "model_state_dict")
 
+#: Where CompressAI 1.2's latent-codec models (``HyperpriorLatentCodec`` holding a
+#: ``HyperLatentCodec`` "hyper" and a ``CheckerboardLatentCodec`` "y") keep ckbd's modules. Reading
+#: strips these prefixes (:data:`PREFIX_MAP`); :func:`to_compressai_state` adds them back.
+LATENT_CODEC_MODULES = (
+    ("latent_codec.hyper.", ("h_a.", "h_s.", "entropy_bottleneck.")),
+    ("latent_codec.y.", ("context_prediction.", "entropy_parameters.")),
+)
+
 #: Foreign module prefixes -> ckbd module prefixes, tried in order (first match wins).
 PREFIX_MAP = (
-    ("latent_codec.hyper.", ""),  # HyperLatentCodec: h_a, h_s, entropy_bottleneck
     ("latent_codec.z.", ""),  # newer CompressAI stores the hyper codec as ``z``
     ("latent_codec.h_a.", "h_a."),  # newer HyperpriorLatentCodec owns h_a / h_s itself
     ("latent_codec.h_s.", "h_s."),
     ("latent_codec.y.y.", ""),  # GaussianConditionalLatentCodec inside the checkerboard codec
     ("latent_codec.y.latent_codec.y.", ""),
-    ("latent_codec.y.", ""),  # CheckerboardLatentCodec: context_prediction, entropy_parameters
+    *((prefix, "") for prefix, _ in LATENT_CODEC_MODULES),  # after the longer ``latent_codec.y.*``
 )
 
 #: Entropy bottleneck parameter spellings: CompressAI < 1.2 (``_matrix0``), >= 1.2
@@ -60,6 +67,8 @@ PREFIX_MAP = (
 _EB_PARAM = re.compile(r"^entropy_bottleneck\.(_matrix|_bias|_factor|_?matrices\.|_?biases\.|_?factors\.)(\d+)$")
 _EB_LISTS = {"matrix": "_matrices", "matrices": "_matrices", "bias": "_biases", "biases": "_biases",
              "factor": "_factors", "factors": "_factors"}
+#: ckbd's ParameterList names -> CompressAI >= 1.2's, which are public (no leading underscore).
+_EB_LISTS_COMPRESSAI = {ours: ours.lstrip("_") for ours in _EB_LISTS.values()}
 
 #: Buffers CompressAI saves that ckbd recomputes (CDF tables, bounds, reparametrisation
 #: pedestals, kernel masks, the aux-loss target), matched on the key's tail.
@@ -316,6 +325,25 @@ def permute_entropy_parameters(state: dict[str, Tensor], conv: Conventions) -> d
             if key in state:
                 state[key] = swap_halves(state[key], 0)
     return state
+
+
+def to_compressai_state(state: Mapping[str, Tensor], conv: Conventions) -> dict[str, Tensor]:
+    """ckbd weights -> the key names and channel orders of the CompressAI (>= 1.2) model ``conv`` describes.
+
+    The inverse of :func:`import_compressai`'s renaming (:data:`LATENT_CODEC_MODULES`, the bottleneck's
+    list names) and permutation, which is a swap of equal halves and so its own inverse. Buffers that
+    CompressAI recomputes are passed through: the caller loads non-strictly and rebuilds them.
+    """
+    out: dict[str, Tensor] = {}
+    for key, value in permute_entropy_parameters(dict(state), conv).items():
+        match = _EB_PARAM.match(key)
+        if match:
+            ours = _EB_LISTS[match.group(1).strip("_.")]
+            key = f"entropy_bottleneck.{_EB_LISTS_COMPRESSAI[ours]}.{match.group(2)}"
+        if conv.layout == "latent-codec":
+            key = next((prefix + key for prefix, modules in LATENT_CODEC_MODULES if key.startswith(modules)), key)
+        out[key] = value
+    return out
 
 
 def _last_conv(state: Mapping[str, Tensor], module: str) -> str | None:

@@ -10,6 +10,10 @@ from ckbd.errors import ModelError
 PARITIES = ("even", "odd")
 
 
+#: Architectures whose latent M is tied to N (checked by every config, so by every command).
+M_EQUALS_N = frozenset({"cheng2020-ckbd"})
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """``arch`` names a registered architecture; N/M are the transform/latent channel counts.
@@ -35,6 +39,8 @@ class ModelConfig:
             raise ModelError(f"anchor_parity must be one of {PARITIES}, not {self.anchor_parity!r}")
         if self.N <= 0 or self.M <= 0:
             raise ModelError(f"N and M must be positive (got N={self.N}, M={self.M})")
+        if self.arch in M_EQUALS_N and self.M != self.N:
+            raise ModelError(f"{self.arch} has M = N; got N={self.N}, M={self.M}")
 
     def to_dict(self) -> dict[str, Any]:
         raw = asdict(self)

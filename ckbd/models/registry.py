@@ -23,16 +23,10 @@ ARCHITECTURES: dict[str, Callable[[ModelConfig], HyperpriorModel]] = {
     "mbt2018-random-mask": mbt2018_random_mask,  # context-pattern study only; not exportable
 }
 
-#: Architectures whose latent M is tied to N.
-M_EQUALS_N = {"cheng2020-ckbd"}
-
-
 def build_model(config: ModelConfig) -> HyperpriorModel:
     """Instantiate an architecture from its config (weights initialised randomly)."""
     try:
         factory = ARCHITECTURES[config.arch]
     except KeyError:
         raise ModelError(f"unknown architecture '{config.arch}'; known: {', '.join(ARCHITECTURES)}") from None
-    if config.arch in M_EQUALS_N and config.M != config.N:
-        raise ModelError(f"{config.arch} has M = N; got N={config.N}, M={config.M}")
     return factory(config)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ckbd.errors import CkbdError, UsageError
 from ckbd.runtime.manifest import Manifest
-from ckbd.runtime.model import default_model_dir
+from ckbd.runtime.package import default_model_dir
 from ckbd.runtime.stages import ALL_STAGES
 
 DECODE_MODEL = "ckbd_decode"

@@ -20,11 +20,10 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from importlib.util import find_spec
 from pathlib import Path
 from types import TracebackType
 
-from ckbd.errors import CkbdError, MissingDependencyError
+from ckbd.errors import CkbdError, require
 
 
 @dataclass
@@ -44,10 +43,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _bundled_root() -> Path:
-    spec = find_spec("pytriton")
-    if spec is None or spec.origin is None:
-        raise MissingDependencyError("nvidia-pytriton", "serve", "the bundled Triton server")
-    root = Path(spec.origin).parent / "tritonserver"
+    pytriton = require("pytriton", "serve", "the bundled Triton server")
+    root = Path(pytriton.__file__).parent / "tritonserver"
     if not (root / "bin" / "tritonserver").is_file():
         raise CkbdError(f"{root} has no tritonserver binary; set TRITONSERVER to a tritonserver executable")
     return root

@@ -16,11 +16,10 @@ from typing import Any
 import numpy as np
 
 from ckbd.errors import BitstreamError, CkbdError, ImageError, ModelError
-from ckbd.runtime.backend import Runner, Tensor, to_host
+from ckbd.runtime.backend import ClosingBackend, Runner, Tensor, to_host
 from ckbd.runtime.codec import Decoder, Encoder
-from ckbd.runtime.entropy_tables import EntropyTables
-from ckbd.runtime.manifest import Manifest
 from ckbd.runtime.model import CodecModel
+from ckbd.runtime.package import ModelPackage
 from ckbd.runtime.stages import STAGE_IO, TensorSpec
 
 
@@ -40,11 +39,20 @@ class _PythonModel:
         self.threads = int(self.params.get("threads", "1"))
         self.setup()
 
+    #: What ``finalize`` closes: the codec or runner ``setup`` opened.
+    resource: Any = None
+
     def setup(self) -> None:
         raise NotImplementedError
 
     def handle(self, request: Any) -> list[Any]:
         raise NotImplementedError
+
+    def finalize(self) -> None:
+        """Triton unloads the model: free its sessions now, not when the stub process exits."""
+        if self.resource is not None:
+            self.resource.close()
+            self.resource = None
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses = []
@@ -111,8 +119,8 @@ class DecodeModel(_PythonModel):
     """``ckbd_decode``: one in-process Decoder per instance."""
 
     def setup(self) -> None:
-        self.decoder = self._decoder(CodecModel.open(self.model_dir, "onnxruntime", stages=Decoder.STAGES,
-                                                     threads=self.threads))
+        self.decoder = self.resource = self._decoder(
+            CodecModel.open(self.model_dir, "onnxruntime", stages=Decoder.STAGES, threads=self.threads))
 
     def handle(self, request: Any) -> list[Any]:
         return self._decode_response(self.decoder, request)
@@ -122,8 +130,8 @@ class EncodeModel(_PythonModel):
     """``ckbd_encode``: one in-process Encoder per instance."""
 
     def setup(self) -> None:
-        self.encoder = Encoder(self._budgeted(CodecModel.open(self.model_dir, "onnxruntime", stages=Encoder.STAGES,
-                                                              threads=self.threads)))
+        self.encoder = self.resource = Encoder(self._budgeted(
+            CodecModel.open(self.model_dir, "onnxruntime", stages=Encoder.STAGES, threads=self.threads)))
 
     def handle(self, request: Any) -> list[Any]:
         return self._encode_response(self.encoder, request)
@@ -135,7 +143,7 @@ class StageModel(_PythonModel):
     def setup(self) -> None:
         from ckbd.runtime.ort_backend import OnnxRuntimeBackend
 
-        self.runner = OnnxRuntimeBackend(threads=self.threads).load(self.model_dir, self.params["stage"])
+        self.runner = self.resource = OnnxRuntimeBackend(threads=self.threads).load(self.model_dir, self.params["stage"])
 
     def handle(self, request: Any) -> list[Any]:
         feeds = {spec.name: self._input(request, spec.name) for spec in self.runner.inputs}
@@ -165,22 +173,35 @@ class BlsRunner:
             raise ModelError(f"stage model {self.model_name}: {response.error().message()}")
         return {name: pb.get_output_tensor_by_name(response, name).as_numpy() for name in names}
 
+    def close(self) -> None:
+        """Nothing to free here: the stage models own their sessions."""
+
+
+class BlsBackend(ClosingBackend):
+    """Runs each stage on its own Triton model through BLS requests (the split deployment)."""
+
+    name = "triton-bls"
+
+    def __init__(self, pb_utils: Any) -> None:
+        self.pb = pb_utils
+        self._runners: list[Runner] = []
+
+    def load(self, package: ModelPackage | Path, stage: str) -> BlsRunner:
+        from ckbd.serving.repository import stage_model
+
+        return self._handed_out(BlsRunner(self.pb, stage_model(stage), stage))
+
 
 class _SplitModel(_PythonModel):
     """A BLS model: entropy tables here, the stage graphs in their own Triton models."""
 
     def _codec_model(self, stages: tuple[str, ...]) -> CodecModel:
-        from ckbd.serving.repository import stage_model
-
-        manifest = Manifest.load(self.model_dir)
-        runners: dict[str, Runner] = {s: BlsRunner(self.pb, stage_model(s), s) for s in stages}
-        return CodecModel.from_parts(manifest, EntropyTables.load(self.model_dir / manifest.y_tables),
-                                     EntropyTables.load(self.model_dir / manifest.z_tables), runners, "triton-bls")
+        return CodecModel.open(self.model_dir, BlsBackend(self.pb), stages=stages, owns_backend=True)
 
 
 class SplitDecodeModel(_SplitModel):
     def setup(self) -> None:
-        self.decoder = self._decoder(self._codec_model(Decoder.STAGES))
+        self.decoder = self.resource = self._decoder(self._codec_model(Decoder.STAGES))
 
     def handle(self, request: Any) -> list[Any]:
         return self._decode_response(self.decoder, request)
@@ -188,7 +209,7 @@ class SplitDecodeModel(_SplitModel):
 
 class SplitEncodeModel(_SplitModel):
     def setup(self) -> None:
-        self.encoder = Encoder(self._budgeted(self._codec_model(Encoder.STAGES)))
+        self.encoder = self.resource = Encoder(self._budgeted(self._codec_model(Encoder.STAGES)))
 
     def handle(self, request: Any) -> list[Any]:
         return self._encode_response(self.encoder, request)
