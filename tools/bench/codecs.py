@@ -34,13 +34,13 @@ def random_model(arch: str, N: int, M: int, seed: int) -> Any:
 
 def ckbd_codecs(model: Any, model_dir: Path, threads: int) -> list[TimedCodec]:
     """(a) the exported graphs on ONNX Runtime and (b) the torch reference of ``model``."""
+    from ckbd.export.torch_backend import checkpoint_package
     from ckbd.runtime.codec import Decoder, Encoder
-    from ckbd.runtime.package import ModelPackage
 
-    package = ModelPackage.open(model_dir)
-    ort = (Encoder.open(package, threads=threads), Decoder.open(package, threads=threads))
-    # the checkpoint's own modules for the same package: refused unless it was exported from them
-    torch_pair = (Encoder.open(package, "torch", checkpoint=model), Decoder.open(package, "torch", checkpoint=model))
+    ort = (Encoder.open(model_dir, threads=threads), Decoder.open(model_dir, threads=threads))
+    # the model's own computation (float entropy parameters, package built in memory): the reference
+    package, backend = checkpoint_package(model)
+    torch_pair = (Encoder.open(package, backend), Decoder.open(package, backend))
     return [_ckbd_timed("ckbd-onnxruntime", "ckbd checkerboard (ONNX Runtime)", "onnxruntime", *ort),
             _ckbd_timed("ckbd-torch", "ckbd checkerboard (torch reference)", "torch", *torch_pair)]
 
