@@ -10,6 +10,7 @@ first of an animation or multi-page file left out. Anything Pillow cannot open i
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -26,6 +27,9 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tif
 #: Refuse images whose padded size exceeds this before decoding them (Pillow's bomb check is a warning only);
 #: the codec's own limit, so that every image the encoder accepts can be read.
 MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
+# Pillow's own bomb guard warns above 89 M pixels and refuses above twice that, below what ckbd accepts:
+# raise it to ckbd's limit, which check_pixels enforces on the header (and the memory budget after it).
+Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_IMAGE_PIXELS)
 #: Largest image file read from stdin (a 2**26-pixel float RGB TIFF is 768 MiB).
 MAX_STDIN_BYTES = 1 << 30
 _ORIENTATION_TAG = 0x0112
@@ -86,13 +90,20 @@ def check_pixels(width: int, height: int, name: str) -> None:
         raise ImageError(f"{name}: {width}x{height} ({pw}x{ph} padded) exceeds the {MAX_IMAGE_PIXELS}-pixel limit")
 
 
-def read_image(source: Path | IO[bytes], quiet: bool = False, name: str | None = None) -> np.ndarray:
-    """Decode an image file (a path or a binary file object) to a contiguous uint8 (H, W, 3) array."""
+def read_image(source: Path | IO[bytes], quiet: bool = False, name: str | None = None,
+               check_size: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Decode an image file (a path or a binary file object) to a contiguous uint8 (H, W, 3) array.
+
+    ``check_size(height, width)`` runs on the header's size before any pixel is decoded: an encoder's
+    memory budget refuses a hostile or oversized image there, not after Pillow has allocated it.
+    """
     if name is None:
         name = str(source) if isinstance(source, (str, Path)) else getattr(source, "name", "<stream>")
     try:
         with Image.open(Path(source) if isinstance(source, str) else source) as img:
             check_pixels(img.width, img.height, name)
+            if check_size is not None:
+                check_size(img.height, img.width)
             frames = getattr(img, "n_frames", 1)
             if frames > 1:
                 _notice(name, f"{frames} frames or pages; only the first is encoded", quiet)
@@ -106,8 +117,9 @@ def read_image(source: Path | IO[bytes], quiet: bool = False, name: str | None =
         raise ImageError(f"{name}: cannot read image ({exc})") from None
 
 
-def read_image_bytes(data: bytes, name: str, quiet: bool = False) -> np.ndarray:
-    return read_image(io.BytesIO(data), quiet=quiet, name=name)
+def read_image_bytes(data: bytes, name: str, quiet: bool = False,
+                     check_size: Callable[[int, int], None] | None = None) -> np.ndarray:
+    return read_image(io.BytesIO(data), quiet=quiet, name=name, check_size=check_size)
 
 
 @dataclass(frozen=True)

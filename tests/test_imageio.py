@@ -149,3 +149,38 @@ def test_unreadable_files_on_the_command_line_fail_alone(tmp_path: Path, capsys:
     err = capsys.readouterr().err
     assert "missing.png: no such file" in err and "bad.png: not an image" in err
     assert (tmp_path / "out" / "good.ckbd").exists()
+
+
+def _header_only_png(path: Path, width: int, height: int) -> Path:
+    """A PNG that claims a size and holds no pixel data: only its header can be read."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+def test_size_check_runs_on_the_header_before_any_pixel_is_decoded(tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+
+    def refuse(height: int, width: int) -> None:
+        seen.append((height, width))
+        raise ImageError("over budget")
+
+    with pytest.raises(ImageError, match="over budget"):
+        read_image(_header_only_png(tmp_path / "big.png", 12000, 9000), check_size=refuse)
+    assert seen == [(9000, 12000)]
+
+
+def test_encode_refuses_an_image_over_the_memory_budget_from_its_header(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from ckbd.cli.main import main
+
+    src = _header_only_png(tmp_path / "big.png", 12000, 9000)
+    code = main(["encode", str(src), "-o", str(tmp_path / "big.ckbd"), "--max-memory", "200M"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "memory budget" in lines[0], lines
+    assert not (tmp_path / "big.ckbd").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,8 +77,10 @@ def encode_command(
                                                  jobs), server, engine)
                if with_psnr else None)
 
+    size_check = _budget_check(model, budget) if server is None and engine == "local" else None
+
     def work(src: Path, dst: Path) -> dict[str, Any]:
-        image = _read_input_image(src)
+        image = _read_input_image(src, size_check)
         data = encoder.encode(image)
         write_output(dst, data, force)
         row: dict[str, Any] = {"bytes": len(data), "bpp": bits_per_pixel(len(data), *image.shape[:2])}
@@ -164,7 +167,7 @@ def _to_stdout(pairs: list[tuple[Path, Path]]) -> bool:
     return any(is_stdout(dst) for _, dst in pairs)
 
 
-def _read_input_image(src: Path) -> np.ndarray:
+def _read_input_image(src: Path, size_check: Callable[[int, int], None] | None = None) -> np.ndarray:
     """An image from a file, or from stdin for ``-`` (bounded: Pillow needs it all in memory)."""
     import sys
 
@@ -172,8 +175,24 @@ def _read_input_image(src: Path) -> np.ndarray:
     from ckbd.runtime.stream_io import STDIN_NAME, is_stdio, read_limited
 
     if is_stdio(src):
-        return read_image_bytes(read_limited(sys.stdin.buffer, MAX_STDIN_BYTES), STDIN_NAME)
-    return read_image(src)
+        return read_image_bytes(read_limited(sys.stdin.buffer, MAX_STDIN_BYTES), STDIN_NAME, check_size=size_check)
+    return read_image(src, check_size=size_check)
+
+
+def _budget_check(model: Path | None, budget: Any) -> Callable[[int, int], None] | None:
+    """The encoder's memory plan for an image size, run on each image's header before its pixels are
+    decoded (a checkpoint on torch has no manifest to plan with: its encoder still plans later)."""
+    if model is not None and model.is_file():
+        return None
+    from ckbd.runtime.memory import plan_analysis
+    from ckbd.runtime.package import ModelPackage
+
+    m = ModelPackage.open(model).manifest
+
+    def check(height: int, width: int) -> None:
+        plan_analysis(m.arch, m.N, m.M, height, width, budget)
+
+    return check
 
 
 def _reference(ref: Path, src: Path, header: Any) -> np.ndarray:
