@@ -92,3 +92,14 @@ def image_folder(tmp_path: Path) -> Path:
     for i, (h, w) in enumerate([(96, 96), (80, 128), (64, 64), (32, 40)]):
         Image.fromarray(rgb_array(h, w, seed=i)).save(folder / f"img{i}.png")
     return folder
+
+
+def export_tiny_float(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny mbt2018-ckbd (N=16, M=24) exported with float graphs: what the INT8 tests calibrate."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from ckbd.export.onnx_export import export_model
+
+    out = tmp_path_factory.mktemp("tiny-export") / "float"
+    export_model(tiny_model("mbt2018-ckbd", N=16, M=24, seed=5), out)
+    return out

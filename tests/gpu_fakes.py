@@ -151,3 +151,23 @@ class FakeEngine:
 
     def create_execution_context(self) -> FakeContext:
         return FakeContext(self)
+
+
+def patch_tensorrt(monkeypatch: Any, cuda: FakeCuda, deserialize: Any) -> Any:
+    """Install a fake ``tensorrt`` whose runtime deserialises with ``deserialize(data)`` and point the
+    TensorRT backend module at ``cuda``; returns that module (its ``TensorRTBackend`` is ready to use)."""
+    import sys
+    import types
+
+    fake_trt = types.SimpleNamespace(
+        TensorIOMode=types.SimpleNamespace(INPUT=1, OUTPUT=2), nptype=lambda dtype: dtype,
+        Runtime=lambda logger: types.SimpleNamespace(deserialize_cuda_engine=deserialize),
+    )
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
+    import ckbd.engines.trt_backend as module
+
+    monkeypatch.setattr(module, "ensure_tensorrt", lambda purpose: None)
+    monkeypatch.setattr(module, "tensorrt_logger", lambda: None)
+    monkeypatch.setattr(module, "tensorrt_version", lambda: "10.13.0.35")
+    monkeypatch.setattr(module, "open_cuda", lambda device: cuda)
+    return module

@@ -93,21 +93,10 @@ def test_torch_backend_runs_the_shipped_package_and_frees_its_modules() -> None:
 
 
 def test_tensorrt_backend_frees_device_memory_on_close(monkeypatch: pytest.MonkeyPatch) -> None:
-    import types
-
-    from gpu_fakes import FakeCuda, FakeEngine
+    from gpu_fakes import FakeCuda, FakeEngine, patch_tensorrt
 
     cuda = FakeCuda()
-    fake_trt = types.SimpleNamespace(
-        TensorIOMode=types.SimpleNamespace(INPUT=1, OUTPUT=2), nptype=lambda dtype: dtype,
-        Runtime=lambda logger: types.SimpleNamespace(deserialize_cuda_engine=lambda data: FakeEngine(cuda)),
-    )
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
-    import ckbd.engines.trt_backend as module
-
-    monkeypatch.setattr(module, "ensure_tensorrt", lambda purpose: None)
-    monkeypatch.setattr(module, "tensorrt_logger", lambda: None)
-    monkeypatch.setattr(module, "open_cuda", lambda device: cuda)
+    module = patch_tensorrt(monkeypatch, cuda, lambda data: FakeEngine(cuda))
     session = module._Session(cuda, cuda.create_stream())
     runner = module.TensorRTRunner(FakeEngine(cuda), ANCHOR_PARAMS, session, "ckbd build ...")
     runner.run({"hyper": np.ones((1, 4, 2, 4), np.float32)})

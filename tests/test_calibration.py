@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import export_tiny_float
 
 from ckbd.errors import CkbdError, MissingDependencyError
 from ckbd.runtime.manifest import Manifest, file_sha256
@@ -28,15 +29,7 @@ MIN_PSNR_INT8_VS_FP32 = 35.0
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
-    pytest.importorskip("onnx")
-    from conftest import tiny_model
-
-    from ckbd.export.onnx_export import export_model
-
-    out = tmp_path_factory.mktemp("calib") / "float"
-    export_model(tiny_model("mbt2018-ckbd", N=16, M=24, seed=5), out)
-    return out
+    return export_tiny_float(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 import pytest
-from gpu_fakes import FakeCuda, FakeEngine, write_tables
+from gpu_fakes import FakeCuda, FakeEngine, patch_tensorrt, write_tables
 
 from ckbd.engines.builder import BuildOptions, build_engines
 from ckbd.engines.metadata import engine_path
@@ -258,17 +258,7 @@ def trt_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, list[byt
         loaded.append(data)
         return FakeEngine(cuda)
 
-    fake_trt = types.SimpleNamespace(
-        TensorIOMode=types.SimpleNamespace(INPUT=1, OUTPUT=2), nptype=lambda dtype: dtype,
-        Runtime=lambda logger: types.SimpleNamespace(deserialize_cuda_engine=deserialize),
-    )
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
-    import ckbd.engines.trt_backend as module
-
-    monkeypatch.setattr(module, "ensure_tensorrt", lambda purpose: None)
-    monkeypatch.setattr(module, "tensorrt_logger", lambda: None)
-    monkeypatch.setattr(module, "tensorrt_version", lambda: "10.13.0.35")
-    monkeypatch.setattr(module, "open_cuda", lambda device: cuda)
+    module = patch_tensorrt(monkeypatch, cuda, deserialize)
     backend = module.TensorRTBackend(precision="fp16")
     yield backend, loaded, cuda
     backend.close()

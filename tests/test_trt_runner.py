@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from engine_fixtures import fake_model_dir, install_engine
-from gpu_fakes import FakeCuda, FakeEngine
+from gpu_fakes import FakeCuda, FakeEngine, patch_tensorrt
 
 from ckbd.engines.cuda_memory import HostDeviceBuffer
 from ckbd.errors import CkbdError, MissingDependencyError, ModelError, ModelMismatchError
@@ -177,20 +177,7 @@ def fake_backend(
 ) -> Iterator[tuple[Any, FakeCuda, Path]]:
     """A TensorRTBackend whose TensorRT runtime and CUDA API are the fakes from gpu_fakes."""
     cuda = FakeCuda()
-    fake_trt = types.SimpleNamespace(
-        TensorIOMode=types.SimpleNamespace(INPUT=1, OUTPUT=2),
-        nptype=lambda dtype: dtype,
-        Runtime=lambda logger: types.SimpleNamespace(
-            deserialize_cuda_engine=lambda data: FakeEngine(cuda) if data == b"plan" else None
-        ),
-    )
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
-    import ckbd.engines.trt_backend as module
-
-    monkeypatch.setattr(module, "ensure_tensorrt", lambda purpose: None)
-    monkeypatch.setattr(module, "tensorrt_logger", lambda: None)
-    monkeypatch.setattr(module, "tensorrt_version", lambda: "10.13.0.35")
-    monkeypatch.setattr(module, "open_cuda", lambda device: cuda)
+    module = patch_tensorrt(monkeypatch, cuda, lambda data: FakeEngine(cuda) if data == b"plan" else None)
     backend = module.TensorRTBackend(precision="fp32")
     yield backend, cuda, model_dir
     backend.close()
