@@ -33,6 +33,8 @@ CASES = [
     ("torch", ["study", "masks", "c.pt", "--images", "."], "export"),
     ("torch", ["bench", "codecs", "--images", ".", "--count", "1"], "export"),
     ("onnx", ["calibrate", "model", "--images", "."], "calibration"),
+    ("onnx", ["bench", "ops", "--model", "shipped", "--image", "x.png"], "calibration"),
+    ("torch", ["ship", "c.pt", "--calibration-images", "."], "export"),
     ("matplotlib", ["eval", "x.png", "--plot", "rd.png"], "plots"),
     ("matplotlib", ["profile", "x.png", "--plot", "plots.png"], "plots"),
     ("tensorrt", ["build", "shipped"], "gpu"),
