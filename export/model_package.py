@@ -65,6 +65,13 @@ def integer_fingerprint(float_fingerprint: str, integer_params: IntegerParams) -
     return digest.hexdigest()
 
 
+def package_fingerprint(model: HyperpriorModel, scale_table: np.ndarray,
+                        integer_params: IntegerParams | None = None) -> str:
+    """The fingerprint a package of ``model`` carries: of the weights, and of the spec on the integer path."""
+    fingerprint = model_fingerprint(model, scale_table)
+    return fingerprint if integer_params is None else integer_fingerprint(fingerprint, integer_params)
+
+
 def build_tables(model: HyperpriorModel, scale_table: np.ndarray) -> tuple[EntropyTables, EntropyTables]:
     """(y tables: one Gaussian per scale, z tables: the factorized prior per channel)."""
     y_tables = gaussian_tables(scale_table)
@@ -93,7 +100,7 @@ def build_package(
         N=config.N,
         M=config.M,
         anchor_parity=config.anchor_parity,
-        fingerprint=model_fingerprint(model, table),
+        fingerprint=package_fingerprint(model, table, integer_params),
         scale_table=[float(s) for s in table],
         opset=opset,
         y_tables=Y_TABLES_NAME,
@@ -101,7 +108,6 @@ def build_package(
     )
     if integer_params is not None:
         manifest.entropy_params = "integer"
-        manifest.fingerprint = integer_fingerprint(manifest.fingerprint, integer_params)
         manifest.integer_params = GraphEntry(INTEGER_PARAMS_NAME, integer_params.digest(), "int")
     return manifest, y_tables, z_tables
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from ckbd.errors import CkbdError, ModelError, ModelMismatchError
 from ckbd.export.integer_stages import integer_stage_modules
-from ckbd.export.model_package import build_package, integer_fingerprint, model_fingerprint
+from ckbd.export.model_package import build_package, package_fingerprint
 from ckbd.export.stage_modules import (
     check_stages,
     plain_stage_modules,
@@ -125,10 +125,7 @@ class TorchBackend(ClosingBackend):
             return self._bound[1]
         spec = package.integer_params
         table = np.asarray(package.manifest.scale_table, np.float32)
-        fingerprint = model_fingerprint(self._model(), table)
-        if spec is not None:
-            fingerprint = integer_fingerprint(fingerprint, spec)
-        if fingerprint != package.fingerprint:
+        if package_fingerprint(self._model(), table, spec) != package.fingerprint:
             which = "the shipped checkpoint" if self._source is None else str(self._source)
             raise ModelMismatchError(
                 f"{package.label} was not exported from {which}: give the torch backend the checkpoint it "
