@@ -13,7 +13,7 @@ mean half uses power-of-two scales so means convert to fixed point by a shift.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,17 +162,30 @@ def _weight_scales(weight: np.ndarray, bias: np.ndarray, kind: str, stride: int,
     return np.maximum(np.maximum(peak / wmax, exact), 1e-30)
 
 
+#: Times a layer's weight scale is coarsened when rounding the weights broke the exactness bound.
+MAX_COARSENING = 8
+
+
 def _quantize(weight: np.ndarray, bias: np.ndarray, scales: np.ndarray, kind: str, stride: int, padding: int,
-              in_bound: int) -> tuple[np.ndarray, np.ndarray]:
-    """Round to integers, then prove the accumulator bound (the exactness condition) holds."""
+              in_bound: int, regroup: Callable[[np.ndarray], np.ndarray] = lambda s: s,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Round to integers and prove the accumulator bound (the exactness condition) holds.
+
+    Rounding can add up to half a unit per tap, more than the scale's 1 % headroom on layers with many
+    small weights: the channels over the bound get a coarser scale (``regroup`` restores the scales'
+    shared structure) and are rounded again. Returns (weights, biases, the scales used).
+    """
     shape = (1, -1, 1, 1) if kind == "deconv" else (-1, 1, 1, 1)
-    w_q = np.round(weight / scales.reshape(shape)).astype(np.int64)
-    b_q = np.round(bias / scales).astype(np.int64)
-    worst = _tap_l1(w_q, kind, stride, padding) * in_bound + np.abs(b_q)
-    if np.any(worst >= ACC_LIMIT):
-        raise ModelError("integer quantisation broke the exactness bound (a bug): "
-                         f"worst accumulator {int(worst.max())} >= {ACC_LIMIT}")
-    return w_q, b_q
+    for _ in range(MAX_COARSENING):
+        w_q = np.round(weight / scales.reshape(shape)).astype(np.int64)
+        b_q = np.round(bias / scales).astype(np.int64)
+        worst = _tap_l1(w_q, kind, stride, padding) * in_bound + np.abs(b_q)
+        if not np.any(worst >= ACC_LIMIT):
+            return w_q, b_q, scales
+        over = worst >= ACC_LIMIT
+        scales = regroup(np.where(over, scales * (worst / (ACC_LIMIT - 1)) * 1.001, scales))
+    raise ModelError(f"integer quantisation cannot keep the accumulator under {ACC_LIMIT} (worst "
+                     f"{int(worst.max())}) for a {kind} layer of {weight.shape}: its weights are too spread")
 
 
 def _fold_inputs(weight: np.ndarray, kind: str, in_scale: np.ndarray) -> np.ndarray:
@@ -192,10 +205,13 @@ def _layer(conv: nn.Module, weight: np.ndarray, in_scale: np.ndarray, in_bound: 
     stride, padding = int(conv.stride[0]), int(conv.padding[0])  # type: ignore[index]
     bias = _bias(conv)
     folded = _fold_inputs(weight, kind, in_scale)
-    scales = _weight_scales(folded, bias, kind, stride, padding, in_bound, cfg)
     group = shuffle * shuffle
-    scales = np.repeat(scales.reshape(-1, group).max(axis=1), group)
-    w_q, b_q = _quantize(folded, bias, scales, kind, stride, padding, in_bound)
+
+    def shared(scales: np.ndarray) -> np.ndarray:  # the channels of one shuffled output share a scale
+        return np.repeat(scales.reshape(-1, group).max(axis=1), group)
+
+    scales = shared(_weight_scales(folded, bias, kind, stride, padding, in_bound, cfg))
+    w_q, b_q, scales = _quantize(folded, bias, scales, kind, stride, padding, in_bound, shared)
     layer = IntLayer(kind, w_q, b_q, stride, padding, shuffle=shuffle)
     scales = scales[::group]
     if out_peak is None:
@@ -233,10 +249,15 @@ def _pass(seq: nn.Sequential, in_scale: np.ndarray, in_bound: int, ranges: Range
     last = chain[-1].conv
     weight = _fold_inputs(_weight(last) if len(chain) > 1 else _weight(last)[:, :first_inputs], "conv", scale)
     bias = _bias(last)
-    scales = _weight_scales(weight, bias, "conv", 1, 0, in_bound, cfg)
-    scales[:M] = scales[:M].max()  # one scale for the scale half: one threshold table
-    scales[M:] = np.exp2(np.ceil(np.log2(scales[M:])))  # powers of two: means by a shift
-    w_q, b_q = _quantize(weight, bias, scales, "conv", 1, 0, in_bound)
+
+    def structured(scales: np.ndarray) -> np.ndarray:
+        scales = scales.copy()
+        scales[:M] = scales[:M].max()  # one scale for the scale half: one threshold table
+        scales[M:] = np.exp2(np.ceil(np.log2(scales[M:])))  # powers of two: means by a shift
+        return scales
+
+    scales = structured(_weight_scales(weight, bias, "conv", 1, 0, in_bound, cfg))
+    w_q, b_q, scales = _quantize(weight, bias, scales, "conv", 1, 0, in_bound, structured)
     layers.append(IntLayer("conv", w_q, b_q))
     # acc > floor(t / s)  <=>  acc * s > t  for an integer acc: the float rule, exactly.
     thresholds = np.floor(scale_table[:-1].astype(np.float64) / scales[0]).astype(np.int64)

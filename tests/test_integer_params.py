@@ -280,3 +280,22 @@ def test_graphs_equal_the_reference_on_an_encoders_own_latents(exported) -> None
     want = _reference(spec, latents.z_symbols, latents.anchor_hat)
     for level in LEVELS:
         _assert_same(_ort_outputs(model_dir, latents.z_symbols, latents.anchor_hat, threads=2, optimization=level), want)
+
+
+def test_rounding_past_the_exactness_bound_coarsens_the_scale_instead_of_failing() -> None:
+    """Many weights just over half a unit each round up by almost 100 %, far past the scale's 1 % headroom."""
+    from torch import nn
+
+    from ckbd.export import integer_quantize as iq
+    from ckbd.runtime.intparams import ACC_LIMIT
+
+    conv = nn.Conv2d(7200, 2, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        conv.bias.zero_()
+    in_bound = 255
+    first = iq._weight_scales(conv.weight.detach().numpy(), np.zeros(2), "conv", 1, 1, in_bound, QuantConfig())
+    assert np.all(np.round(1.0 / first) * 7200 * 9 * in_bound >= ACC_LIMIT)  # plain rounding would break it
+    layer, scales = iq._layer(conv, conv.weight.detach().numpy(), np.ones(7200), in_bound, None, None, QuantConfig())
+    assert np.all(np.abs(layer.weight).sum(axis=(1, 2, 3)) * in_bound + np.abs(layer.bias) < ACC_LIMIT)
+    assert np.all(scales > first)
