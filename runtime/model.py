@@ -15,10 +15,8 @@ from ckbd.runtime.backend import Backend, Runner, create_backend
 from ckbd.runtime.coder import IndexedCoder
 from ckbd.runtime.manifest import Manifest
 from ckbd.runtime.memory import MemoryBudget
-from ckbd.runtime.package import ModelPackage, default_model_dir
+from ckbd.runtime.package import ModelPackage
 from ckbd.runtime.stages import ALL_STAGES, STAGE_IO
-
-__all__ = ["CodecModel", "default_model_dir"]
 
 
 @dataclass

@@ -38,6 +38,14 @@ def default_checkpoint() -> Path:
     return Path(str(resources.files("ckbd").joinpath(*DEFAULT_CHECKPOINT)))
 
 
+def is_default_model(model_dir: Path) -> bool:
+    """Whether ``model_dir`` is the model that ships with ckbd (its checkpoint is installed too)."""
+    try:
+        return Path(model_dir).resolve() == default_model_dir().resolve()
+    except ModelError:
+        return False
+
+
 @dataclass(eq=False)
 class ModelPackage:
     """A model's manifest, entropy tables and (when exported) its directory of graph files."""
@@ -97,10 +105,7 @@ class ModelPackage:
     @property
     def is_shipped(self) -> bool:
         """Whether this is the model that ships with ckbd (its checkpoint is installed too)."""
-        try:
-            return self.root is not None and self.root.resolve() == default_model_dir().resolve()
-        except ModelError:
-            return False
+        return self.root is not None and is_default_model(self.root)
 
     @property
     def label(self) -> str:

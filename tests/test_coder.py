@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ckbd.errors import BitstreamError, ModelError
-from ckbd.runtime.coder import MAX_MAGNITUDE, IndexedCoder
+from ckbd.runtime.coder import MAX_MAGNITUDE, IndexedCoder, dequantize, quantize
 from ckbd.runtime.entropy_tables import (
     EntropyTables,
     default_scale_table,
@@ -325,3 +325,16 @@ def test_cli_bench_coder_writes_json(tmp_path: Path) -> None:
     assert report["n_symbols"] == 20000 and report["encode_msym_s"] > 0
     assert "cpu_count" in report["machine"] and "decode" in result.output
     assert report["grouping"] in ("compiled", "numpy")
+
+
+def test_offsets_code_the_rounded_residual_and_decode_the_reconstruction(coder: IndexedCoder) -> None:
+    rng = np.random.default_rng(11)
+    values = rng.normal(0, 4, (2, 300)).astype(np.float32)
+    means = rng.normal(0, 2, (2, 300)).astype(np.float32)
+    indexes = rng.integers(0, len(SCALES), (2, 300)).astype(np.int32)
+    data = coder.encode(values, indexes, means)
+    assert data == coder.encode(quantize(values, means), indexes)  # the same symbols as coding them directly
+    decoded = coder.decode(data, indexes, means)
+    assert decoded.dtype == np.float32
+    np.testing.assert_array_equal(decoded, dequantize(quantize(values, means), means))
+    np.testing.assert_array_equal(coder.decode(data, indexes), quantize(values, means))

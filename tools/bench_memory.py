@@ -213,7 +213,7 @@ def snapshot(model: str, folder: Path) -> str:
     benchmark runs must not split an encode from its decode."""
     import shutil
 
-    from ckbd.runtime.model import default_model_dir
+    from ckbd.runtime.package import default_model_dir
 
     target = folder / "model"
     if not target.exists():
@@ -237,7 +237,7 @@ def fit(models: list[str], cap: int, sizes: tuple[tuple[int, int], ...] = FIT_SI
     mmap threshold, freed buffers stay resident and small sizes overstate the slope.
     """
     from ckbd.runtime.manifest import Manifest
-    from ckbd.runtime.model import default_model_dir
+    from ckbd.runtime.package import default_model_dir
 
     rows = []
     for model in models:
@@ -273,7 +273,7 @@ def _estimate(model: str, kind: str, height: int, width: int) -> int:
     """Whole-image job bytes from the fitted costs (for the runs too large to make here)."""
     from ckbd.runtime.manifest import Manifest
     from ckbd.runtime.memory import costs
-    from ckbd.runtime.model import default_model_dir
+    from ckbd.runtime.package import default_model_dir
 
     m = Manifest.load(Path(model) if model else default_model_dir())
     c = costs(m.arch)

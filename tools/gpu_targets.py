@@ -59,15 +59,10 @@ def torch_cuda_missing() -> str | None:
 
 def default_checkpoint(model_dir: Path) -> Path | None:
     """The shipped checkpoint when ``model_dir`` is the shipped model, else None."""
-    from ckbd.errors import ModelError
-    from ckbd.runtime.package import ModelPackage
     from ckbd.runtime.package import default_checkpoint as shipped_checkpoint
+    from ckbd.runtime.package import is_default_model
 
-    try:
-        shipped = ModelPackage.open(model_dir).is_shipped
-    except ModelError:
-        return None
-    return shipped_checkpoint() if shipped and shipped_checkpoint().is_file() else None
+    return shipped_checkpoint() if is_default_model(model_dir) and shipped_checkpoint().is_file() else None
 
 
 def _opened(backend: Any, decoder: Any) -> tuple[Any, Callable[[], None]]:

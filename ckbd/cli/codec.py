@@ -62,6 +62,7 @@ def encode_command(
     """Compress images to .ckbd files (folders are searched recursively; -o FOLDER keeps their layout)."""
     from ckbd.runtime.codec import Decoder, Encoder
     from ckbd.runtime.imageio import IMAGE_SUFFIXES
+    from ckbd.runtime.package import ModelPackage
     from ckbd.runtime.rate import bits_per_pixel
     from ckbd.tools.metrics import psnr
 
@@ -71,13 +72,15 @@ def encode_command(
     plan = plan_outputs(pairs, force)
     check_jobs(jobs, server, engine)
     budget, share = memory_budget(max_memory, jobs), thread_share(threads, jobs)
-    encoder = codec_handle("encode", per_worker(lambda: open_codec(Encoder, model, backend, share, memory=budget), jobs),
+    # Run here: the package is opened once, for the codecs and for the budget check of each image header.
+    local = server is None and engine == "local" and not (model is not None and model.is_file())
+    source = ModelPackage.open(model) if local else model
+    encoder = codec_handle("encode", per_worker(lambda: open_codec(Encoder, source, backend, share, memory=budget), jobs),
                            server, engine)
-    decoder = (codec_handle("decode", per_worker(lambda: open_codec(Decoder, model, backend, share, memory=budget),
+    decoder = (codec_handle("decode", per_worker(lambda: open_codec(Decoder, source, backend, share, memory=budget),
                                                  jobs), server, engine)
                if with_psnr else None)
-
-    size_check = _budget_check(model, budget) if server is None and engine == "local" else None
+    size_check = _budget_check(source.manifest, budget) if isinstance(source, ModelPackage) else None
 
     def work(src: Path, dst: Path) -> dict[str, Any]:
         image = _read_input_image(src, size_check)
@@ -179,15 +182,10 @@ def _read_input_image(src: Path, size_check: Callable[[int, int], None] | None =
     return read_image(src, check_size=size_check)
 
 
-def _budget_check(model: Path | None, budget: Any) -> Callable[[int, int], None] | None:
-    """The encoder's memory plan for an image size, run on each image's header before its pixels are
-    decoded (a checkpoint on torch has no manifest to plan with: its encoder still plans later)."""
-    if model is not None and model.is_file():
-        return None
+def _budget_check(m: Any, budget: Any) -> Callable[[int, int], None]:
+    """The encoder's memory plan for an image size (``m``: the model's manifest), run on each image's
+    header before its pixels are decoded."""
     from ckbd.runtime.memory import plan_analysis
-    from ckbd.runtime.package import ModelPackage
-
-    m = ModelPackage.open(model).manifest
 
     def check(height: int, width: int) -> None:
         plan_analysis(m.arch, m.N, m.M, height, width, budget)

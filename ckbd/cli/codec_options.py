@@ -37,16 +37,17 @@ PrecisionOption = typer.Option("fp32", "--precision", callback=_precision, help=
 C = TypeVar("C")
 
 
-def open_codec(cls: type[C], model: Path | None, backend: str, threads: int = 0, precision: str = "fp32",
+def open_codec(cls: type[C], model: object, backend: str, threads: int = 0, precision: str = "fp32",
                memory: object = None) -> C:
     """Open an Encoder or Decoder on a backend from the registry; ``memory`` is its ``MemoryBudget``.
 
-    ``model`` is an exported directory (the shipped model when None) on any backend, or a
-    checkpoint file, which only the torch backend runs (its package built in memory, float path).
+    ``model`` is an opened package or an exported directory (the shipped model when None) on any
+    backend, or a checkpoint file, which only the torch backend runs (its package built in memory,
+    float path).
     """
     from ckbd.errors import UsageError
 
-    if model is not None and model.is_file():
+    if isinstance(model, Path) and model.is_file():
         if backend != "torch":
             raise UsageError(f"{model} is a file: export it first (ckbd export {model} -o DIR), "
                              "or run the checkpoint with --backend torch")
