@@ -30,8 +30,9 @@ Format choices for ``tensorrt`` (explicit quantisation, which also runs as is on
 * **Biases stay float**: ORT's default int32 bias + DequantizeLinear is rejected by TensorRT's ONNX
   parser ("only activation types allowed as input"); TensorRT fuses a float bias itself.
 * **Dedicated Q/DQ pairs per consumer**, each with its own scale initializer: TensorRT wants a
-  pair per layer, and ONNX Runtime fails to fuse convolutions that share one (see
-  :func:`~ckbd.calibration.qdq_graph.private_quant_params`).
+  pair per layer, and ONNX Runtime fails to fuse signed-activation convolutions that share one (see
+  :func:`~ckbd.calibration.qdq_graph.private_quant_params`). The ``cpu`` recipe then quantises each
+  tensor once and keeps one DequantizeLinear per Conv (:func:`~ckbd.calibration.qdq_graph.shared_quantize`).
 * **Left in float** (see :mod:`ckbd.calibration.qdq_graph` for the measurements): the layer that
   reads the image (analysis) or writes it (synthesis); the latents leaving analysis; and, unless
   ``quantize_gdn=True``, the GDN/IGDN norm convolutions, whose input is a squared activation.
@@ -248,7 +249,10 @@ def quantize_stage(float_path: Path, target: Path, reader: ImageFeedReader, sett
             _quantize_static(prepared, quantized, reader, settings, [*base, *extra_float], cache)
             model = onnx.load(str(quantized))
             qdq_graph.float_outputs_to_graph(model)
-            qdq_graph.private_quant_params(model)
+            if quant_target(settings.target).shares_quantize:
+                qdq_graph.shared_quantize(model)
+            else:
+                qdq_graph.private_quant_params(model)
             qdq_graph.drop_unused_opsets(model)
             return model
 

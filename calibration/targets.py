@@ -42,6 +42,9 @@ class QuantTarget:
     symmetric_activations: bool
     quantize_bias: bool
     description: str
+    #: One QuantizeLinear per tensor (its readers' DequantizeLinear nodes stay apart), instead of a
+    #: private pair per reader (see ckbd.calibration.qdq_graph.shared_quantize).
+    shares_quantize: bool = False
 
     def activation_type(self, q: Any) -> Any:
         """The ``onnxruntime.quantization.QuantType`` of activations."""
@@ -63,7 +66,8 @@ class QuantTarget:
 TENSORRT = QuantTarget("tensorrt", True, True, False,
                        "symmetric int8 activations, float biases (TensorRT explicit quantisation)")
 CPU = QuantTarget("cpu", False, False, True,
-                  "asymmetric uint8 activations, int32 biases (ONNX Runtime QLinearConv on x86)")
+                  "asymmetric uint8 activations, int32 biases (ONNX Runtime QLinearConv on x86)",
+                  shares_quantize=True)
 TARGETS = {t.name: t for t in (TENSORRT, CPU)}
 DEFAULT_TARGET = TENSORRT.name
 

@@ -10,9 +10,10 @@ the tensors that dominate it:
   fixed part: the packed latents, hyper features, parameters and symbols of the whole latent and
   the range coder's working arrays (linear in M), the image itself.
 
-With the ONNX Runtime arena off, a stage's working memory is returned when it finishes, so a
-job's peak is the larger of its two phases, on top of what the process already holds (its resident
-set when the job is planned: interpreter, ONNX Runtime, the loaded graphs, the input): the
+A stage that hands its working memory back when it finishes (ONNX Runtime without its arena:
+:mod:`ckbd.runtime.working_memory` says when) leaves a job's peak at the larger of its two phases,
+on top of what the process already holds (its resident set when the job is planned: interpreter,
+ONNX Runtime, the loaded graphs, the input): the
 transform on a tile next to its image-sized companions (the packed ``y`` it fills, or the output
 image), and the whole-latent entropy stages, which tiling does not reduce. The
 budget is ``--max-memory`` or, by default, the resident set plus half of what the machine still
@@ -25,9 +26,11 @@ is allocated.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ckbd.errors import CkbdError, MemoryBudgetError, ModelError, UsageError
 from ckbd.runtime.receptive_field import analysis_halo, synthesis_halo
@@ -172,14 +175,21 @@ def release_free_memory() -> None:
     Called between the phases of a job: without it, a transform's freed working memory can stay in
     the resident set under the entropy stages that follow, and the phases' peaks add up.
     """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, looked up once (``find_library`` runs a subprocess), or None."""
     import ctypes
     import ctypes.util
 
-    name = ctypes.util.find_library("c")
     try:
-        ctypes.CDLL(name).malloc_trim(0)  # type: ignore[union-attr]
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
     except (OSError, AttributeError, TypeError):
-        pass  # not glibc: nothing to trim, or nothing we can do
+        return None  # not glibc: nothing to trim, or nothing we can do
 
 
 @dataclass(frozen=True)
@@ -224,6 +234,10 @@ class Plan:
     core_cols: int
     halo: int
     estimate: int  # bytes the job adds to the process at its peak
+    #: Whether the transform may keep its working memory for the next image: a whole run whose
+    #: kept buffers still leave room for the job's other phase (kept memory adds the phases' peaks
+    #: instead of taking the larger; see ckbd.runtime.working_memory).
+    retains: bool = False
 
 
 def costs(arch: str) -> Costs:
@@ -287,7 +301,7 @@ def _plan(job: str, height: int, width: int, scale: int, halo: int, align: int, 
             f"{format_bytes(max(0.0, room))} for it; free memory or raise --max-memory")
     whole = fixed + unit_cost * rows * cols
     if whole <= room and rows <= cap_rows and cols <= cap_cols:
-        return Plan(True, rows, cols, 0, int(max(whole, entropy)))
+        return Plan(True, rows, cols, 0, int(max(whole, entropy)), retains=whole + entropy <= room)
     if min(cap_rows, rows) < min(rows, align + 2 * halo) or min(cap_cols, cols) < min(cols, align + 2 * halo):
         raise CkbdError(f"{job} in tiles needs runs of at least {align + 2 * halo} x {align + 2 * halo} "
                         f"(x{scale} pixels) but the engine accepts at most {cap_rows} x {cap_cols}; rebuild it "

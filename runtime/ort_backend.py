@@ -9,7 +9,8 @@ on the CPU provider even in a CUDA backend: exactness is only relied on there.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import threading
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from ckbd.runtime.bitstream import INTEGER_PATH
 from ckbd.runtime.manifest import Manifest
 from ckbd.runtime.package import ModelPackage
 from ckbd.runtime.stages import INDEX_STAGES, TensorSpec
+from ckbd.runtime.working_memory import retains_working_memory
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(int32)": "int32", "tensor(uint8)": "uint8",
               "tensor(float16)": "float16", "tensor(int64)": "int64"}
@@ -63,10 +65,18 @@ def _specs(args: list) -> tuple[TensorSpec, ...]:  # type: ignore[type-arg]
 
 
 class OrtRunner:
-    """One InferenceSession, created once and reused for every image."""
+    """One InferenceSession, created once and reused for every image.
 
-    def __init__(self, session: object, stage: str = "") -> None:
+    Runs that may keep their working memory (:mod:`ckbd.runtime.working_memory`: small images)
+    use ``session``, whose arena keeps its buffers; the others use a second session of the same
+    graph without an arena, made by ``lean`` on first need (same kernels, same numbers).
+    """
+
+    def __init__(self, session: object, stage: str = "", lean: Callable[[], object] | None = None) -> None:
         self._session: object | None = session
+        self._lean_factory = lean
+        self._lean: object | None = None
+        self._lean_lock = threading.Lock()
         self.stage = stage
         self.inputs = _specs(session.get_inputs())  # type: ignore[attr-defined]
         self.outputs = _specs(session.get_outputs())  # type: ignore[attr-defined]
@@ -84,12 +94,23 @@ class OrtRunner:
         return list(self.session.get_providers())
 
     def close(self) -> None:
-        """Drop the session: ONNX Runtime frees its graph and buffers (device memory too)."""
+        """Drop the sessions: ONNX Runtime frees their graphs and buffers (device memory too)."""
         self._session = None
+        self._lean = None
+
+    def session_for(self, shapes: Mapping[str, tuple[int, ...]]) -> Any:
+        """The session a run with these input shapes uses (see the class docstring)."""
+        session = self.session
+        if self._lean_factory is None or retains_working_memory(self.stage, shapes):
+            return session
+        with self._lean_lock:
+            if self._lean is None:
+                self._lean = self._lean_factory()
+            return self._lean
 
     def run(self, feeds: Mapping[str, Tensor], keep: Collection[str] = ()) -> dict[str, Tensor]:
         host = {name: np.ascontiguousarray(to_host(value)) for name, value in feeds.items()}
-        session = self.session
+        session = self.session_for({name: value.shape for name, value in host.items()})
         try:
             results = session.run(self._names, host)
         except MemoryError:  # pybind11's translation of std::bad_alloc
@@ -128,18 +149,33 @@ class OnnxRuntimeBackend(ClosingBackend):
         self._ort = ort
         self.precision = precision
         self.device_id = self._cuda_device(device)
+        self.optimization = optimization
+        self.threads = threads
+        #: Production settings of a session that keeps its working memory (tools profile with these).
+        self.options = self.session_options(arena=True)
+        #: The same without the arena: runs whose working memory goes back to the system.
+        self.lean_options = self.session_options(arena=False)
+
+    def session_options(self, arena: bool) -> Any:
+        """The session settings of this backend, with or without ONNX Runtime's CPU arena."""
+        ort = self._ort
         options = ort.SessionOptions()
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[self.optimization])
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 4  # fatal only: failures come back as exceptions, reported in one line
-        # Without the arena, a stage's working memory goes back to the system when it returns, so
-        # the peak of a decode is the largest stage, not the sum of every stage's high-water mark
-        # (measured: latent synthesis 300 instead of 460 bytes/pixel, no slower; see ckbd.runtime.memory).
-        options.enable_cpu_mem_arena = False
+        # A finished run's worker threads sleep instead of spinning: a codec alternates four or five
+        # sessions, each with its own thread pool, and a spinning pool took a core from the next
+        # stage (paper-size model, Kodak, 2 threads: decode 460 -> 390 ms; one session alone: no change).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.use_deterministic_compute = self.device_id is not None
-        self.options = options
+        # With the arena a run's buffers serve the next run (small images). Without it a stage's
+        # working memory goes back to the system when the stage returns, so the peak of a large
+        # decode is its largest stage, not the sum of every stage's high-water mark (measured: latent
+        # synthesis 300 instead of 460 bytes/pixel; see ckbd.runtime.working_memory and .memory).
+        options.enable_cpu_mem_arena = arena
+        return options
 
     def _cuda_device(self, device: str) -> int | None:
         """None for the CPU; the CUDA device index for ``cuda``/``cuda:N``."""
@@ -156,6 +192,12 @@ class OnnxRuntimeBackend(ClosingBackend):
             )
         return int(index or 0)
 
+    def _session(self, path: Path, options: Any, providers: list[str | tuple[str, dict[str, str]]]) -> Any:
+        try:
+            return self._ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # ORT raises its own exception types for unreadable graphs
+            raise ModelError(f"cannot load {path}: {str(exc).splitlines()[0]}") from None
+
     def providers_for(self, manifest: Manifest, stage: str) -> list[str | tuple[str, dict[str, str]]]:
         """The provider list a session of ``stage`` is created with."""
         if self.device_id is None or exact_cpu_stage(manifest, stage):
@@ -166,11 +208,8 @@ class OnnxRuntimeBackend(ClosingBackend):
         package = ModelPackage.of(package)
         path = package.graph_path(stage, self.precision)
         providers = self.providers_for(package.manifest, stage)
-        try:
-            session = self._ort.InferenceSession(str(path), sess_options=self.options, providers=providers)
-        except Exception as exc:  # ORT raises its own exception types for unreadable graphs
-            raise ModelError(f"cannot load {path}: {str(exc).splitlines()[0]}") from None
-        runner = self._handed_out(OrtRunner(session, stage))
+        session = self._session(path, self.options, providers)
+        runner = self._handed_out(OrtRunner(session, stage, lambda: self._session(path, self.lean_options, providers)))
         if len(providers) > 1 and CUDA_PROVIDER not in runner.providers:
             raise CkbdError(
                 f"ONNX Runtime could not start its CUDA provider for {stage} and fell back to the CPU; "

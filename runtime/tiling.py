@@ -18,6 +18,7 @@ tiles on even latent positions.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ from ckbd.runtime.backend import Tensor, to_host
 from ckbd.runtime.bitstream import padded_size
 from ckbd.runtime.memory import Plan, plan_analysis, plan_synthesis, release_free_memory
 from ckbd.runtime.stages import ANALYSIS, LATENT_SYNTHESIS, Y_STRIDE, Z_STRIDE
+from ckbd.runtime.working_memory import releasing_working_memory
 
 if TYPE_CHECKING:
     from ckbd.runtime.model import CodecModel
@@ -81,20 +83,28 @@ def analyse(run: StageRun, image: np.ndarray, plan: Plan, N: int, M: int) -> dic
     padded_h, padded_w = padded_size(*image.shape[:2])
     h, w = padded_h // Y_STRIDE, padded_w // Y_STRIDE
     if plan.whole:
-        out = run(ANALYSIS, {"image": network_input(image)})
+        with _working_memory(plan):
+            out = run(ANALYSIS, {"image": network_input(image)})
         return {k: to_host(v) for k, v in out.items()}
     y_anchor = np.empty((1, M, h, w // 2), np.float32)
     y_nonanchor = np.empty_like(y_anchor)
     z = np.empty((1, N, padded_h // Z_STRIDE, padded_w // Z_STRIDE), np.int32)
-    for rows, cols in tiles(padded_h, padded_w, plan):
-        out = run(ANALYSIS, {"image": network_tile(image, rows, cols)})
-        for name, target, scale, col_scale in (("y_anchor", y_anchor, Y_STRIDE, 2 * Y_STRIDE),
-                                               ("y_nonanchor", y_nonanchor, Y_STRIDE, 2 * Y_STRIDE),
-                                               ("z_symbols", z, Z_STRIDE, Z_STRIDE)):
-            _keep(target, to_host(out[name]), rows, cols, scale, col_scale)
-        del out
-        _trim_after(rows, cols, 1)
+    with _working_memory(plan):
+        for rows, cols in tiles(padded_h, padded_w, plan):
+            out = run(ANALYSIS, {"image": network_tile(image, rows, cols)})
+            for name, target, scale, col_scale in (("y_anchor", y_anchor, Y_STRIDE, 2 * Y_STRIDE),
+                                                   ("y_nonanchor", y_nonanchor, Y_STRIDE, 2 * Y_STRIDE),
+                                                   ("z_symbols", z, Z_STRIDE, Z_STRIDE)):
+                _keep(target, to_host(out[name]), rows, cols, scale, col_scale)
+            del out
+            _trim_after(rows, cols, 1)
     return {"y_anchor": y_anchor, "y_nonanchor": y_nonanchor, "z_symbols": z}
+
+
+def _working_memory(plan: Plan) -> AbstractContextManager[None]:
+    """Tiles, and whole runs without room to keep their buffers, hand their working memory back:
+    the plan's budget was computed that way."""
+    return nullcontext() if plan.retains else releasing_working_memory()
 
 
 #: Tiles from this many pixels on hand their freed memory back before the next one (a trim costs
@@ -120,21 +130,23 @@ def synthesise(run: StageRun, anchor_hat: np.ndarray, nonanchor_hat: np.ndarray,
     """The decoded image (``height x width x 3`` uint8) from the packed halves, tile by tile."""
     h, w = anchor_hat.shape[2], 2 * anchor_hat.shape[3]
     if plan.whole:
-        out = run(LATENT_SYNTHESIS, {"anchor_hat": anchor_hat, "nonanchor_hat": nonanchor_hat})
+        with _working_memory(plan):
+            out = run(LATENT_SYNTHESIS, {"anchor_hat": anchor_hat, "nonanchor_hat": nonanchor_hat})
         return np.ascontiguousarray(to_host(out["image"])[0, :height, :width])
     image = np.empty((height, width, 3), np.uint8)
-    for rows, cols in tiles(h, w, plan):
-        top, left = rows.keep_start * Y_STRIDE, cols.keep_start * Y_STRIDE
-        bottom, right = min(rows.keep_stop * Y_STRIDE, height), min(cols.keep_stop * Y_STRIDE, width)
-        if top >= bottom or left >= right:
-            continue  # a tile of padding only
-        halves = [np.ascontiguousarray(x[:, :, rows.start:rows.stop, cols.start // 2:cols.stop // 2])
-                  for x in (anchor_hat, nonanchor_hat)]
-        out = to_host(run(LATENT_SYNTHESIS, {"anchor_hat": halves[0], "nonanchor_hat": halves[1]})["image"])
-        dy, dx = rows.start * Y_STRIDE, cols.start * Y_STRIDE
-        image[top:bottom, left:right] = out[0, top - dy:bottom - dy, left - dx:right - dx]
-        del out, halves
-        _trim_after(rows, cols, Y_STRIDE)
+    with _working_memory(plan):
+        for rows, cols in tiles(h, w, plan):
+            top, left = rows.keep_start * Y_STRIDE, cols.keep_start * Y_STRIDE
+            bottom, right = min(rows.keep_stop * Y_STRIDE, height), min(cols.keep_stop * Y_STRIDE, width)
+            if top >= bottom or left >= right:
+                continue  # a tile of padding only
+            halves = [np.ascontiguousarray(x[:, :, rows.start:rows.stop, cols.start // 2:cols.stop // 2])
+                      for x in (anchor_hat, nonanchor_hat)]
+            out = to_host(run(LATENT_SYNTHESIS, {"anchor_hat": halves[0], "nonanchor_hat": halves[1]})["image"])
+            dy, dx = rows.start * Y_STRIDE, cols.start * Y_STRIDE
+            image[top:bottom, left:right] = out[0, top - dy:bottom - dy, left - dx:right - dx]
+            del out, halves
+            _trim_after(rows, cols, Y_STRIDE)
     return image
 
 

@@ -80,7 +80,17 @@ def test_cpu_target_is_uint8_with_int32_biases_and_fuses(cpu_model: Path, tmp_pa
     activation_zero_points = [v for k, v in inits.items() if "zero_point" in k and v.dtype == np.uint8]
     assert activation_zero_points and any(z.any() for z in activation_zero_points)  # asymmetric
     assert any(v.dtype == np.int32 for v in inits.values())  # quantised biases
-    assert "QLinearConv" in _optimized_ops(path, tmp_path)  # ORT runs int8 kernels
+    # Each tensor is quantised once, however many convolutions read it (shared_quantize), and
+    # every quantised Conv still becomes an int8 kernel in the graph ONNX Runtime runs.
+    from collections import Counter
+
+    from ckbd.calibration import qdq_graph
+
+    quantized_inputs = Counter(n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear")
+    assert quantized_inputs and max(quantized_inputs.values()) == 1
+    producers = qdq_graph.producers_of(model.graph.node)
+    int8_convs = [n for n in model.graph.node if n.op_type == "Conv" and qdq_graph._dq_fed(n, producers)]
+    assert int8_convs and _optimized_ops(path, tmp_path).count("QLinearConv") == len(int8_convs)
 
 
 def test_tensorrt_target_stays_symmetric(exported: Path, tmp_path: Path) -> None:
@@ -107,10 +117,17 @@ def test_cpu_int8_decodes_the_same_latents(cpu_model: Path) -> None:
     assert 0 < mse and 10 * np.log10(255**2 / mse) > 35.0
 
 
-def test_sensitivity_search_keeps_layers_float_until_the_budget(exported: Path, tmp_path: Path) -> None:
+def test_sensitivity_search_keeps_layers_float_until_the_budget(exported: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     onnx = pytest.importorskip("onnx")
     from ckbd.calibration import qdq_graph
+    from ckbd.calibration.sensitivity import LayerSearch
 
+    # The tiny model's real int8 loss depends on the CPU's kernels: with AVX-512 VNNI it measured
+    # -0.0005 dB, which meets a zero budget before any search. A fixed 1 dB on top of every measured
+    # loss keeps the real per-layer ordering and makes the search run on every machine.
+    measured = LayerSearch.loss_db
+    monkeypatch.setattr(LayerSearch, "loss_db", lambda self, ref, model: measured(self, ref, model) + 1.0)
     strict = _calibrated(exported, tmp_path / "strict", target="cpu", max_loss_db=0.0)
     found = Manifest.load(strict).extra["calibration"]["latent_synthesis"]
     layers = found["layer_loss_db"]
@@ -126,6 +143,7 @@ def test_sensitivity_search_keeps_layers_float_until_the_budget(exported: Path, 
     quantized = {n.name for n in model.graph.node if n.op_type == "Conv" and qdq_graph._dq_fed(n, producers)}
     assert quantized and not quantized & set(found["float_layers"])
 
+    monkeypatch.setattr(LayerSearch, "loss_db", measured)
     loose = _calibrated(exported, tmp_path / "loose", target="cpu", max_loss_db=100.0)
     found = Manifest.load(loose).extra["calibration"]["latent_synthesis"]
     assert found["float_layers"] == [] and found["budget_met"]
