@@ -50,10 +50,19 @@ def test_exported_synthesis_has_the_squares_in_the_conv_layout(tmp_path: Path) -
     producers = {out: node for node in graph.node for out in node.output}
     squares = [n for n in graph.node if n.op_type == "Mul" and n.input[0] == n.input[1]]
     assert len(squares) == 12 and all(producers[n.input[0]].op_type == "Conv" for n in squares)
-    assert sum(n.op_type == "DepthToSpace" for n in graph.node) == 3
+    assert not any(n.op_type == "DepthToSpace" for n in graph.node)  # interleaved by concats instead
     image = read_image(sorted((Path(__file__).parent / "data").glob("*.png"))[0])
     data = Encoder.open(plain, threads=1).encode(image)
     a = Decoder.open(plain, threads=1).decode(data).astype(np.int16)
     b = Decoder.open(fast, threads=1).decode(data).astype(np.int16)
     assert np.abs(a - b).max() <= 1  # the same synthesis up to float rounding of the last step
     assert Encoder.open(fast, threads=1).encode(image) == data  # analysis untouched: the same stream
+
+
+@pytest.mark.parametrize("stride", [2, 3])
+def test_interleaved_phases_are_depth_to_space(stride: int) -> None:
+    from ckbd.export.cpu_graph import interleave_phases
+
+    phases = [torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(k)) for k in range(stride * stride)]
+    expected = torch.nn.functional.pixel_shuffle(torch.stack(phases, dim=2).flatten(1, 2), stride)
+    torch.testing.assert_close(interleave_phases(phases, stride), expected, rtol=0, atol=0)

@@ -184,7 +184,7 @@ def test_conv_gflop_counts_conv_and_transposed_conv() -> None:
 def test_peak_probe_reports_both_rates() -> None:
     from ckbd.tools.peak_probe import measure_peak
 
-    result = measure_peak(threads=1, size=64, runs=1)
+    result = measure_peak(threads=1, size=64, runs=1, min_seconds=0)
     assert result.fp32_gflops > 0 and result.int8_gops > 0 and result.threads == 1
 
 

@@ -244,7 +244,8 @@ def render_markdown(bench: OpsBench, command: str) -> str:
     peak = bench.peak
     lines = [f"Command: `{command}`", "",
              f"Machine: {bench.machine.get('processor', '?')}, {bench.threads} thread(s); measured peak "
-             f"(ONNX Runtime {peak['size']}-square product, best of 7): {peak['fp32_gflops']:.0f} GFLOP/s fp32, "
+             f"(ONNX Runtime {peak['size']}-square product, best run over at least 1.5 s): "
+             f"{peak['fp32_gflops']:.0f} GFLOP/s fp32, "
              f"{peak['int8_gops']:.0f} GOP/s u8s8; load average at the start {bench.machine.get('load_average', '?')}. "
              f"Image: {Path(bench.image).name}.", ""]
     for row in bench.profiles:
