@@ -13,9 +13,9 @@ the tensors that dominate it:
 A stage that hands its working memory back when it finishes (ONNX Runtime without its arena:
 :mod:`ckbd.runtime.working_memory` says when) leaves a job's peak at the larger of its two phases,
 on top of what the process already holds (its resident set when the job is planned: interpreter,
-ONNX Runtime, the loaded graphs, the input): the
-transform on a tile next to its image-sized companions (the packed ``y`` it fills, or the output
-image), and the whole-latent entropy stages, which tiling does not reduce. The
+ONNX Runtime, the loaded graphs, the input): the transform on a tile next to its image-sized
+companions (the packed ``y`` it fills, or the output image), and the whole-latent entropy stages,
+which tiling does not reduce. The
 budget is ``--max-memory`` or, by default, the resident set plus half of what the machine still
 has available (``MemAvailable``, or the cgroup's remaining limit when that is lower), shared
 equally between parallel workers. A job that fits whole runs whole; otherwise the transform runs

@@ -12,6 +12,7 @@ positions of that half in column order. The CPU coder only ever sees these halve
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 ANALYSIS = "analysis"
@@ -107,6 +108,24 @@ def resolve_dim(dim: int | str, values: dict[str, int]) -> int:
     if value % divisor:
         raise CkbdError(f"dimension '{dim}' = {value}/{divisor} is not whole; pad the image to {PAD_MULTIPLE}")
     return value // divisor
+
+
+def padded_image_size(stage: str, shapes: Mapping[str, Sequence[int]]) -> tuple[int, int] | None:
+    """The padded image size (height, width) a run of ``stage`` with these input shapes works on:
+    :func:`resolve_dim` read backwards, from the first input whose rank matches (None: cannot tell)."""
+    for spec in STAGE_IO.get(stage, ((), ()))[0]:
+        shape = shapes.get(spec.name)
+        if shape is None or len(shape) != len(spec.shape):
+            continue
+        sides = []
+        for dim, size in zip(spec.shape[-2:], shape[-2:]):
+            match = _DIM.match(dim) if isinstance(dim, str) else None
+            if not match or match.group(2) in CHANNEL_SYMBOLS:
+                return None
+            base = int(size) * int(match.group(3) or 1) // int(match.group(1) or 1)
+            sides.append(base if match.group(2) in ("H", "W") else base * Y_STRIDE)
+        return sides[0], sides[1]
+    return None
 
 
 def stage_shapes(stage: str, N: int, M: int, height: int, width: int, outputs: bool = False,

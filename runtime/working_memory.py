@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from ckbd.runtime.stages import STAGE_IO, Y_STRIDE
+from ckbd.runtime.stages import padded_image_size
 
 #: Largest image (padded pixels) whose runs keep their working memory: 1920x1088 fits. Memory kept
 #: between images is about one run's working set of such an image per stage (ONNX Runtime CPU:
@@ -41,20 +41,8 @@ def releasing_working_memory() -> Iterator[None]:
 
 def image_pixels(stage: str, shapes: Mapping[str, Sequence[int]]) -> int | None:
     """Padded image pixels of a run of ``stage`` from its input shapes (None: cannot tell)."""
-    specs = STAGE_IO.get(stage, ((), ()))[0]
-    for spec in specs:
-        shape = shapes.get(spec.name)
-        if shape is None or len(shape) != len(spec.shape):
-            continue
-        sides = []
-        for dim, size in zip(spec.shape[-2:], shape[-2:]):
-            if not isinstance(dim, str):
-                return None
-            symbol, _, divisor = dim.partition("/")
-            stride = 1 if symbol in ("H", "W") else Y_STRIDE
-            sides.append(int(size) * int(divisor or 1) * stride)
-        return sides[0] * sides[1]
-    return None
+    size = padded_image_size(stage, shapes)
+    return None if size is None else size[0] * size[1]
 
 
 def retains_working_memory(stage: str, shapes: Mapping[str, Sequence[int]]) -> bool:
