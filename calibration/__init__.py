@@ -15,12 +15,14 @@ from ckbd.calibration.quantize import (
     check_stages,
     int8_file_name,
 )
+from ckbd.calibration.fine_tune import FineTuneConfig
 from ckbd.calibration.targets import DEFAULT_TARGET, TARGETS
 
 __all__ = [
     "DEFAULT_COUNT",
     "DEFAULT_METHOD",
     "DEFAULT_TARGET",
+    "FineTuneConfig",
     "INT8",
     "METHODS",
     "PARAMETER_STAGES",

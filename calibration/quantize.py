@@ -58,9 +58,10 @@ from typing import Any
 
 from ckbd.calibration import qdq_graph
 from ckbd.calibration.data import ImageFeedReader, find_images, stage_feeds
+from ckbd.calibration.fine_tune import FineTuneConfig
 from ckbd.calibration.targets import DEFAULT_TARGET, quant_target
 from ckbd.engines.policy import FP32_STAGES, REDUCED_PRECISION_STAGES
-from ckbd.errors import CkbdError, ModelError, require
+from ckbd.errors import CkbdError, ModelError, UsageError, require
 from ckbd.runtime.atomic import atomic_path
 from ckbd.runtime.manifest import GraphEntry, Manifest, file_sha256
 from ckbd.runtime.stages import ALL_STAGES, LATENT_SYNTHESIS
@@ -140,13 +141,16 @@ def calibrate(
     reduce_range: bool = False,
     target: str = DEFAULT_TARGET,
     max_loss_db: float | None = None,
+    fine_tune: FineTuneConfig | None = None,
 ) -> Manifest:
     """Write ``<stage>.int8.onnx`` for each stage and list it in the manifest as ``int8``.
 
     ``images`` is a list of image files or a folder (the first ``count`` images, sorted, are
     used). ``target`` picks the recipe (:mod:`ckbd.calibration.targets`); ``max_loss_db`` keeps
     the most sensitive layers of ``latent_synthesis`` in float until its PSNR loss on the
-    calibration images is within budget (:mod:`ckbd.calibration.sensitivity`). Returns the updated
+    calibration images is within budget (:mod:`ckbd.calibration.sensitivity`); ``fine_tune`` first
+    fine-tunes ``latent_synthesis`` with the int8 rounding in the loop and calibrates the result
+    (:mod:`ckbd.calibration.fine_tune`; needs torch). Returns the updated
     manifest, already saved. Each graph file and then the manifest are
     replaced atomically, so a concurrent reader sees either the old or the new variant.
     """
@@ -158,6 +162,10 @@ def calibrate(
         raise CkbdError(f"--max-loss-db must be at least 0, got {max_loss_db}")
     settings = QuantSettings(_check_method(method), per_channel, quantize_gdn=quantize_gdn, reduce_range=reduce_range,
                              target=target, max_loss_db=max_loss_db)
+    if fine_tune is not None:
+        fine_tune.check()
+        if LATENT_SYNTHESIS not in stages:
+            raise UsageError("fine-tuning applies to latent_synthesis only; add it to --stages")
     files = _select_images(images, count)
     manifest = Manifest.load(model_dir)
     for stage in QUANTIZABLE_STAGES:
@@ -167,10 +175,18 @@ def calibrate(
         reader = ImageFeedReader(files, stage_feeds(stage, model_dir, threads), f"calibrating {stage}", progress)
         out = model_dir / int8_file_name(stage)
         search = _sensitivity_search(stage, model_dir, files, threads, settings)
-        notes = quantize_stage(float_path, out, reader, settings, search)
+        with tempfile.TemporaryDirectory(prefix="ckbd-fine-tune-") as tmp:
+            source, tuned = float_path, {}
+            if fine_tune is not None and stage == LATENT_SYNTHESIS:
+                from ckbd.calibration.fine_tune import fine_tuned_synthesis
+
+                source = Path(tmp) / float_path.name
+                result = fine_tuned_synthesis(model_dir, files, source, target, fine_tune, threads, progress)
+                tuned = {"fine_tune": result.to_manifest()}
+            notes = quantize_stage(float_path, out, reader, settings, search, source)
         manifest = Manifest.load(model_dir)  # re-read: keep whatever else changed meanwhile
         manifest.variants.setdefault(INT8, {})[stage] = GraphEntry(out.name, file_sha256(out), INT8)
-        manifest.extra.setdefault("calibration", {})[stage] = {**_provenance(settings, files), **notes}
+        manifest.extra.setdefault("calibration", {})[stage] = {**_provenance(settings, files), **notes, **tuned}
         manifest.save(model_dir)
     return manifest
 
@@ -230,8 +246,11 @@ def _sensitivity_search(stage: str, model_dir: Path, files: Sequence[Path], thre
 
 
 def quantize_stage(float_path: Path, target: Path, reader: ImageFeedReader, settings: QuantSettings,
-                   search: Any = None) -> dict[str, Any]:
+                   search: Any = None, source: Path | None = None) -> dict[str, Any]:
     """Pre-process, calibrate and quantise one graph; publish it atomically at ``target``.
+
+    ``source`` is the float graph to quantise when it is not ``float_path`` itself (a fine-tuned
+    synthesis); ``float_path`` stays the reference: the search's fp32 quality and the I/O check.
 
     With a ``search`` (:class:`~ckbd.calibration.sensitivity.LayerSearch`), the activation ranges
     are calibrated once and the graph re-quantised with more layers left float until the budget
@@ -241,7 +260,7 @@ def quantize_stage(float_path: Path, target: Path, reader: ImageFeedReader, sett
     with tempfile.TemporaryDirectory(prefix="ckbd-calib-") as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "quantized.onnx"
         cache = Path(tmp) / "ranges.json" if search is not None else None  # ranges reused per candidate
-        _pre_process(float_path, prepared)
+        _pre_process(source or float_path, prepared)
         base = float_nodes(onnx.load(str(prepared)), settings)
         notes: dict[str, Any] = {}
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ckbd.errors import ModelMismatchError
 from ckbd.export.stage_modules import require_checkerboard
 from ckbd.models.architectures import HyperpriorModel
 from ckbd.runtime.entropy_tables import (
@@ -24,6 +25,7 @@ from ckbd.runtime.entropy_tables import (
 )
 from ckbd.runtime.intparams import INTEGER_PARAMS_NAME, IntegerParams
 from ckbd.runtime.manifest import Y_TABLES_NAME, Z_TABLES_NAME, GraphEntry, Manifest, file_sha256
+from ckbd.runtime.package import ModelPackage
 
 #: Bumped whenever the bytes hashed by :func:`model_fingerprint` change meaning.
 _FINGERPRINT_DOMAIN = b"ckbd-model-fingerprint-v1\0"
@@ -70,6 +72,13 @@ def package_fingerprint(model: HyperpriorModel, scale_table: np.ndarray,
     """The fingerprint a package of ``model`` carries: of the weights, and of the spec on the integer path."""
     fingerprint = model_fingerprint(model, scale_table)
     return fingerprint if integer_params is None else integer_fingerprint(fingerprint, integer_params)
+
+
+def check_exported_from(model: HyperpriorModel, package: ModelPackage, which: str, remedy: str) -> None:
+    """Refuse ``model`` unless ``package`` was exported from exactly these weights (its fingerprint)."""
+    table = np.asarray(package.manifest.scale_table, np.float32)
+    if package_fingerprint(model, table, package.integer_params) != package.fingerprint:
+        raise ModelMismatchError(f"{package.label} was not exported from {which}: {remedy}")
 
 
 def build_tables(model: HyperpriorModel, scale_table: np.ndarray) -> tuple[EntropyTables, EntropyTables]:

@@ -33,7 +33,7 @@ from ckbd.export.stage_modules import (
     plain_stage_modules,
     require_checkerboard,
 )
-from ckbd.models.architectures import HyperpriorModel
+from ckbd.models.architectures import CheckerboardModel, HyperpriorModel
 from ckbd.runtime.intparams import INTEGER_PARAMS_NAME, IntegerParams
 from ckbd.runtime.manifest import MANIFEST_NAME, GraphEntry, Manifest, file_sha256
 from ckbd.runtime.stages import ALL_STAGES, CHANNEL_SYMBOLS, LATENT_SYNTHESIS, STAGE_IO, TensorSpec, stage_shapes
@@ -202,6 +202,16 @@ def _publish(staging: Path, out_dir: Path, manifest: Manifest) -> None:
     (out_dir / MANIFEST_NAME).chmod(_FILE_MODE)
 
 
+def export_stage_modules(model: CheckerboardModel, scale_table: Sequence[float], stages: Sequence[str],
+                         optimize: bool = True) -> dict[str, nn.Module]:
+    """The float stage modules export traces (the one place that picks the graph forms)."""
+    build = optimized_stage_modules if optimize else plain_stage_modules
+    modules = build(model, scale_table, tuple(stages))  # type: ignore[operator]
+    if optimize and LATENT_SYNTHESIS in modules:
+        rewrite_synthesis(modules[LATENT_SYNTHESIS].parts)  # CPU-layout form (pixels only, no stream change)
+    return modules
+
+
 def export_model(
     model: HyperpriorModel,
     out_dir: Path,
@@ -224,10 +234,7 @@ def export_model(
     stages = check_stages(stages)
     manifest, y_tables, z_tables = build_package(model, opset=opset, integer_params=integer_params)
     table = manifest.scale_table
-    build = optimized_stage_modules if optimize else plain_stage_modules
-    modules = build(model, table, stages)  # type: ignore[operator]
-    if optimize and LATENT_SYNTHESIS in modules:
-        rewrite_synthesis(modules[LATENT_SYNTHESIS].parts)  # CPU-layout form (pixels only, no stream change)
+    modules = export_stage_modules(model, table, stages, optimize)
     if integer_params is not None:
         integer = integer_stage_modules(integer_params)
         modules.update({stage: integer[stage] for stage in stages if stage in integer})

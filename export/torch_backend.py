@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ckbd.errors import CkbdError, ModelError, ModelMismatchError
+from ckbd.errors import CkbdError, ModelError
 from ckbd.export.integer_stages import integer_stage_modules
-from ckbd.export.model_package import build_package, package_fingerprint
+from ckbd.export.model_package import build_package, check_exported_from
 from ckbd.export.stage_modules import (
     check_stages,
     plain_stage_modules,
@@ -123,13 +123,11 @@ class TorchBackend(ClosingBackend):
         """Check once per package that it was exported from this model; the integer path's modules."""
         if self._bound is not None and self._bound[0] == package.fingerprint:
             return self._bound[1]
+        which = "the shipped checkpoint" if self._source is None else str(self._source)
+        check_exported_from(self._model(), package, which,
+                            "give the torch backend the checkpoint it was exported from "
+                            "(a checkpoint alone runs with --model CHECKPOINT on the float path)")
         spec = package.integer_params
-        table = np.asarray(package.manifest.scale_table, np.float32)
-        if package_fingerprint(self._model(), table, spec) != package.fingerprint:
-            which = "the shipped checkpoint" if self._source is None else str(self._source)
-            raise ModelMismatchError(
-                f"{package.label} was not exported from {which}: give the torch backend the checkpoint it "
-                "was exported from (a checkpoint alone runs with --model CHECKPOINT on the float path)")
         # The integer path's three stages run the spec in float64: exact like the ONNX graphs.
         integer = integer_stage_modules(spec, torch.float64) if spec is not None else {}
         self._bound = (package.fingerprint, integer)

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import typer
 
+from ckbd.calibration.fine_tune import FineTuneConfig
 from ckbd.cli.codec_options import ThreadsOption
 from ckbd.cli.options import QuietOption
+from ckbd.errors import UsageError
 
 
 def register(app: typer.Typer) -> None:
@@ -39,6 +41,13 @@ def calibrate_command(
     max_loss_db: float = typer.Option(None, "--max-loss-db", min=0.0,
                                       help="Keep the most sensitive synthesis layers float until the PSNR loss on the "
                                            "calibration images is at most this many dB (e.g. 0.1)."),
+    fine_tune_steps: int = typer.Option(0, "--fine-tune-steps", min=0,
+                                        help="First fine-tune latent synthesis this many steps with the int8 "
+                                             "rounding in the loop, then calibrate it (0: no fine-tune; needs torch)."),
+    fine_tune_lr: float = typer.Option(FineTuneConfig.lr, "--fine-tune-lr", min=0.0, help="Fine-tune learning rate (Adam)."),
+    checkpoint: Path = typer.Option(None, "--checkpoint",
+                                    help="The checkpoint MODEL_DIR was exported from, for --fine-tune-steps "
+                                         "(default: the shipped one, for the shipped model)."),
     threads: int = ThreadsOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar per stage."),
     quiet: bool = QuietOption,
@@ -51,14 +60,21 @@ def calibrate_command(
     from ckbd.data_paths import default_train_dir
 
     stage_list = check_stages(stages)  # refuse parameter graphs before any image is read
+    if checkpoint is not None and not fine_tune_steps:
+        raise UsageError("--checkpoint is only read by --fine-tune-steps")
+    fine_tune = FineTuneConfig(fine_tune_steps, lr=fine_tune_lr, checkpoint=checkpoint) if fine_tune_steps else None
     folder = images if images is not None else default_train_dir()
     manifest = calibrate(model_dir, folder, method=method, count=count, stages=stage_list,
                          per_channel=per_channel, threads=threads, progress=progress and not quiet, quantize_gdn=quantize_gdn,
-                         reduce_range=reduce_range, target=target, max_loss_db=max_loss_db)
+                         reduce_range=reduce_range, target=target, max_loss_db=max_loss_db, fine_tune=fine_tune)
     for stage in stage_list:
         entry = manifest.variants["int8"][stage]
         typer.echo(f"{stage}: wrote {model_dir / entry.file} (sha256 {entry.sha256[:16]}...)")
         found = manifest.extra.get("calibration", {}).get(stage, {})
+        if "fine_tune" in found:
+            tuned = found["fine_tune"]
+            typer.echo(f"  fine-tuned {tuned['steps']} steps: fake-int8 vs fp32 synthesis MSE "
+                       f"{tuned['mse_before']:.3g} -> {tuned['mse_after']:.3g}")
         if "estimated_loss_db" in found:
             kept = ", ".join(found["float_layers"]) or "none"
             typer.echo(f"  PSNR loss {found['estimated_loss_db']:.3f} dB on the calibration images "
