@@ -42,7 +42,7 @@ class FineTuneConfig:
     #: The checkpoint the model directory was exported from (None: the shipped one, for the shipped model).
     checkpoint: Path | None = None
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         if self.steps < 1:
             raise UsageError(f"--fine-tune-steps must be at least 1, got {self.steps}")
         if self.batch < 1:
@@ -74,21 +74,21 @@ class FineTuneResult:
 
 def source_checkpoint(model_dir: Path, checkpoint: Path | None) -> Path:
     """The checkpoint to fine-tune: the given one, or the shipped one for the shipped model."""
-    from ckbd.runtime.package import default_checkpoint, is_default_model
+    from ckbd.runtime.package import known_checkpoint
 
     if checkpoint is not None:
         if not Path(checkpoint).is_file():
             raise CkbdError(f"checkpoint {checkpoint} does not exist")
         return Path(checkpoint)
-    if is_default_model(model_dir) and default_checkpoint().is_file():
-        return default_checkpoint()
+    known = known_checkpoint(model_dir)
+    if known is not None:
+        return known
     raise UsageError("fine-tuning needs the weights the model was exported from: pass --checkpoint CHECKPOINT")
 
 
 def fine_tuned_synthesis(model_dir: Path, files: Sequence[Path], path: Path, target: str, config: FineTuneConfig,
                          threads: int = 0, progress: bool = True) -> FineTuneResult:
     """Fine-tune the model behind ``model_dir`` and write its float latent synthesis graph to ``path``."""
-    config.check()
     qat = require("ckbd.calibration.qat", "export", "INT8 fine-tuning")
     checkpoint = source_checkpoint(model_dir, config.checkpoint)
     model = qat.load_source_model(model_dir, checkpoint)

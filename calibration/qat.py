@@ -65,10 +65,10 @@ def _batch(latents: Sequence[torch.Tensor], config: FineTuneConfig, rng: random.
     return torch.cat(crops)
 
 
-def _error(g_s: torch.nn.Module, teacher: torch.nn.Module, latents: Sequence[torch.Tensor]) -> float:
-    """Mean squared difference of ``g_s`` and the fp32 ``teacher`` on whole latents."""
+def _error(g_s: torch.nn.Module, latents: Sequence[torch.Tensor], wanted: Sequence[torch.Tensor]) -> float:
+    """Mean squared difference of ``g_s`` and the fp32 synthesis (``wanted``) on whole latents."""
     with torch.no_grad():
-        return float(np.mean([float(F.mse_loss(g_s(y), teacher(y))) for y in latents]))
+        return float(np.mean([float(F.mse_loss(g_s(y), want)) for y, want in zip(latents, wanted)]))
 
 
 def fine_tune_synthesis(model: Any, latents: Sequence[torch.Tensor], target: str, config: FineTuneConfig,
@@ -83,7 +83,6 @@ def fine_tune_synthesis(model: Any, latents: Sequence[torch.Tensor], target: str
     """
     from ckbd.progress import progress as progress_bar
 
-    config.check()
     if not latents:
         raise CkbdError("no images to fine-tune on")
     if threads > 0:
@@ -92,6 +91,8 @@ def fine_tune_synthesis(model: Any, latents: Sequence[torch.Tensor], target: str
     rng = random.Random(config.seed)
     g_s = model.g_s
     teacher = copy.deepcopy(g_s).eval().requires_grad_(False)
+    with torch.no_grad():
+        wanted = [teacher(latent) for latent in latents]  # whole-image targets, for the error before and after
     insert_fake_quant(g_s, symmetric=quant_target(target).symmetric_activations)
     start = time.perf_counter()
     try:
@@ -99,7 +100,7 @@ def fine_tune_synthesis(model: Any, latents: Sequence[torch.Tensor], target: str
         with torch.no_grad():  # the activation ranges start from real data, not from zero
             for latent in latents:
                 g_s(latent)
-        before = _error(g_s.eval(), teacher, latents)
+        before = _error(g_s.eval(), latents, wanted)
         optimizer = torch.optim.Adam([p for p in g_s.parameters() if p.requires_grad], lr=config.lr)
         g_s.train()
         bar = progress_bar(total=config.steps, desc="fine-tuning synthesis", unit="step", enabled=progress)
@@ -113,7 +114,7 @@ def fine_tune_synthesis(model: Any, latents: Sequence[torch.Tensor], target: str
             optimizer.step()
             bar.update(1)
         bar.close()
-        after = _error(g_s.eval(), teacher, latents)
+        after = _error(g_s.eval(), latents, wanted)
     finally:
         remove_fake_quant(g_s)
         model.eval()

@@ -58,7 +58,7 @@ from typing import Any
 
 from ckbd.calibration import qdq_graph
 from ckbd.calibration.data import ImageFeedReader, find_images, stage_feeds
-from ckbd.calibration.fine_tune import FineTuneConfig
+from ckbd.calibration.fine_tune import FineTuneConfig, fine_tuned_synthesis
 from ckbd.calibration.targets import DEFAULT_TARGET, quant_target
 from ckbd.engines.policy import FP32_STAGES, REDUCED_PRECISION_STAGES
 from ckbd.errors import CkbdError, ModelError, UsageError, require
@@ -162,10 +162,8 @@ def calibrate(
         raise CkbdError(f"--max-loss-db must be at least 0, got {max_loss_db}")
     settings = QuantSettings(_check_method(method), per_channel, quantize_gdn=quantize_gdn, reduce_range=reduce_range,
                              target=target, max_loss_db=max_loss_db)
-    if fine_tune is not None:
-        fine_tune.check()
-        if LATENT_SYNTHESIS not in stages:
-            raise UsageError("fine-tuning applies to latent_synthesis only; add it to --stages")
+    if fine_tune is not None and LATENT_SYNTHESIS not in stages:
+        raise UsageError("fine-tuning applies to latent_synthesis only; add it to --stages")
     files = _select_images(images, count)
     manifest = Manifest.load(model_dir)
     for stage in QUANTIZABLE_STAGES:
@@ -178,8 +176,6 @@ def calibrate(
         with tempfile.TemporaryDirectory(prefix="ckbd-fine-tune-") as tmp:
             source, tuned = float_path, {}
             if fine_tune is not None and stage == LATENT_SYNTHESIS:
-                from ckbd.calibration.fine_tune import fine_tuned_synthesis
-
                 source = Path(tmp) / float_path.name
                 result = fine_tuned_synthesis(model_dir, files, source, target, fine_tune, threads, progress)
                 tuned = {"fine_tune": result.to_manifest()}

@@ -38,6 +38,11 @@ def default_checkpoint() -> Path:
     return Path(str(resources.files("ckbd").joinpath(*DEFAULT_CHECKPOINT)))
 
 
+def known_checkpoint(model_dir: Path) -> Path | None:
+    """The checkpoint ``model_dir`` was exported from, when ckbd has it: the shipped one for the shipped model."""
+    return default_checkpoint() if is_default_model(model_dir) and default_checkpoint().is_file() else None
+
+
 def is_default_model(model_dir: Path) -> bool:
     """Whether ``model_dir`` is the model that ships with ckbd (its checkpoint is installed too)."""
     try:

@@ -89,7 +89,7 @@ def test_torch_target_decodes_the_cpu_streams(references: list[Reference]) -> No
     from ckbd.runtime.package import default_model_dir
 
     model_dir = default_model_dir()
-    checkpoint = gpu_targets.default_checkpoint(model_dir)
+    checkpoint = gpu_targets.known_checkpoint(model_dir)
     assert checkpoint is not None
     (result,) = gpu_check.run_targets([gpu_targets.torch_target(model_dir, checkpoint, "cpu")], references, 1, 300)
     assert result.label == "torch-cpu" and not result.error
@@ -113,7 +113,7 @@ def test_check_without_gpu_backends_fails_but_reports(
     """``ckbd check gpu``: exit 1 with one line when no GPU backend is found; the report is written anyway."""
     from ckbd.cli.main import main
 
-    monkeypatch.setattr(gpu_targets, "default_checkpoint", lambda model_dir: None)  # no torch target
+    monkeypatch.setattr(gpu_targets, "known_checkpoint", lambda model_dir: None)  # no torch target
     for module in (gpu_targets, gpu_check):  # a machine without any GPU backend, wherever this runs
         monkeypatch.setattr(module, "tensorrt_missing", lambda: "not installed")
     monkeypatch.setattr(gpu_targets, "ort_cuda_missing", lambda: "no CUDA provider")

@@ -18,6 +18,7 @@ from typing import Any
 from ckbd.errors import installed
 from ckbd.runtime.manifest import Manifest
 from ckbd.runtime.ort_backend import CUDA_PROVIDER, exact_cpu_stage
+from ckbd.runtime.package import known_checkpoint
 from ckbd.runtime.stages import ALL_STAGES
 from ckbd.tools.gpu_compare import Target
 
@@ -55,14 +56,6 @@ def torch_cuda_missing() -> str | None:
     if not torch.cuda.is_available():
         return f"torch {torch.__version__} sees no CUDA device"
     return None
-
-
-def default_checkpoint(model_dir: Path) -> Path | None:
-    """The shipped checkpoint when ``model_dir`` is the shipped model, else None."""
-    from ckbd.runtime.package import default_checkpoint as shipped_checkpoint
-    from ckbd.runtime.package import is_default_model
-
-    return shipped_checkpoint() if is_default_model(model_dir) and shipped_checkpoint().is_file() else None
 
 
 def _opened(backend: Any, decoder: Any) -> tuple[Any, Callable[[], None]]:
@@ -148,7 +141,7 @@ def discover(
         found.targets.append(ort_target(model_dir, f"cuda:{device}"))
     else:
         found.absent["onnxruntime-cuda"] = ort_reason
-    checkpoint = checkpoint or default_checkpoint(model_dir)
+    checkpoint = checkpoint or known_checkpoint(model_dir)
     torch_reason = torch_cuda_missing()
     if torch_reason is None and checkpoint is None:
         torch_reason = "no checkpoint for this model directory (pass --checkpoint)"

@@ -31,10 +31,10 @@ def determinism_command(
     from ckbd.runtime.atomic import atomic_write_bytes
     from ckbd.runtime.imageio import IMAGE_SUFFIXES, read_image
     from ckbd.tools.determinism_check import format_table, report_json, run_check
-    from ckbd.tools.gpu_targets import default_checkpoint
+    from ckbd.runtime.package import known_checkpoint
 
     check_writable(json_out, "--json")
-    checkpoint = checkpoint or default_checkpoint(model_dir)
+    checkpoint = checkpoint or known_checkpoint(model_dir)
     files = expand_inputs(images, set(IMAGE_SUFFIXES))[: count or None]
     report = run_check(model_dir, [read_image(p, quiet=True) for p in files], checkpoint)
     typer.echo(format_table(report))
