@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from ckbd.calibration.fine_tune import FineTuneConfig
+from ckbd.calibration.quantize import DEFAULT_METHOD
 from ckbd.cli.codec_options import ThreadsOption
 from ckbd.cli.options import QuietOption
 from ckbd.errors import UsageError
@@ -25,7 +26,7 @@ def calibrate_command(
     images: Path = typer.Option(None, "--images", "-i",
                                 help="Folder of calibration images, searched recursively "
                                      "(default: ../shared/data/train; avoid the evaluation set)."),
-    method: str = typer.Option("entropy", "--method", help="Activation range calibration: minmax, entropy or percentile."),
+    method: str = typer.Option(DEFAULT_METHOD, "--method", help="Activation range calibration: minmax, entropy or percentile."),
     count: int = typer.Option(24, "--count", "-n", min=1, help="Number of images (the first N, sorted)."),
     stages: str = typer.Option("latent_synthesis", "--stages",
                                help="Comma-separated: latent_synthesis (decoder) and/or analysis (encoder)."),
@@ -48,6 +49,9 @@ def calibrate_command(
     checkpoint: Path = typer.Option(None, "--checkpoint",
                                     help="The checkpoint MODEL_DIR was exported from, for --fine-tune-steps "
                                          "(default: the shipped one, for the shipped model)."),
+    equalize: bool = typer.Option(True, "--equalize/--no-equalize",
+                                  help="First rescale GDN channels (and the latent input) so that one int8 range per "
+                                       "tensor fits every channel; the float function is unchanged."),
     threads: int = ThreadsOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar per stage."),
     quiet: bool = QuietOption,
@@ -66,7 +70,8 @@ def calibrate_command(
     folder = images if images is not None else default_train_dir()
     manifest = calibrate(model_dir, folder, method=method, count=count, stages=stage_list,
                          per_channel=per_channel, threads=threads, progress=progress and not quiet, quantize_gdn=quantize_gdn,
-                         reduce_range=reduce_range, target=target, max_loss_db=max_loss_db, fine_tune=fine_tune)
+                         reduce_range=reduce_range, target=target, max_loss_db=max_loss_db, fine_tune=fine_tune,
+                         equalize=equalize)
     for stage in stage_list:
         entry = manifest.variants["int8"][stage]
         typer.echo(f"{stage}: wrote {model_dir / entry.file} (sha256 {entry.sha256[:16]}...)")
