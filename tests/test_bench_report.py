@@ -121,3 +121,35 @@ def test_reading_a_file_that_is_not_a_report(tmp_path: Path) -> None:
         read_report(tmp_path / "list.json")
     with pytest.raises(CkbdError, match="cannot read a `ckbd bench codecs --json` report"):
         read_report(tmp_path / "missing.json")
+
+
+def test_only_the_named_codecs_are_timed() -> None:
+    pytest.importorskip("torch")
+    from ckbd.tools.bench.render import format_markdown
+    from ckbd.tools.bench.run import BenchConfig, run_benchmark
+
+    config = BenchConfig(images=[IMAGE], N=16, M=24, threads=1, compressai=False, coder_symbols=0, progress=False,
+                         only=("ckbd-onnxruntime",))
+    report = run_benchmark(config)
+    assert set(report.codecs) == {"ckbd-onnxruntime"}
+    assert "| **total** |" in format_markdown(report)  # renders without the serial baseline
+    with pytest.raises(CkbdError, match="unknown codec nope; this run has ckbd-onnxruntime, ckbd-torch"):
+        run_benchmark(BenchConfig(images=[IMAGE], N=16, M=24, threads=1, compressai=False, coder_symbols=0,
+                                  progress=False, only=("ckbd-onnxruntime", "nope")))
+
+
+def test_time_over_compressai_is_on_the_page(measured: BenchReport) -> None:
+    import dataclasses
+
+    from ckbd.tools.bench.render import format_markdown
+    from ckbd.tools.bench.timing import time_vs_compressai
+
+    assert time_vs_compressai(measured.codecs) == {}  # no CompressAI in this run
+    stand_in = dataclasses.replace(measured.codecs["ckbd-torch"], name="compressai-mbt2018-ckbd")
+    codecs = {**measured.codecs, "compressai-mbt2018-ckbd": stand_in}
+    versus = time_vs_compressai(codecs)
+    ours = measured.codecs["ckbd-onnxruntime"]
+    assert versus["decode"] == pytest.approx(ours.mean("decode_ms")["total"] / stand_in.mean("decode_ms")["total"])
+    assert versus["encode"] == pytest.approx(ours.mean("encode_ms")["total"] / stand_in.mean("encode_ms")["total"])
+    page = format_markdown(dataclasses.replace(measured, codecs=codecs))
+    assert f"decode **{versus['decode']:.2f}**" in page

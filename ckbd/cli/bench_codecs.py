@@ -43,6 +43,9 @@ def codecs_command(
     coder_symbols: int = typer.Option(500_000, "--coder-symbols", min=0,
                                       help="Symbols for the entropy coder benchmark (0: skip)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
+    only: str = typer.Option("", "--codecs",
+                             help="Time only these codecs, comma-separated (e.g. ckbd-onnxruntime,compressai-mbt2018-ckbd "
+                                  "for the CPU speed comparison; default: all)."),
     notes: list[str] = typer.Option(None, "--note", help="A caveat to print with the results (repeatable)."),
     from_json: Path = typer.Option(None, "--from-json",
                                    help="Time nothing: re-render the table and plots from an earlier --json "
@@ -65,7 +68,7 @@ def codecs_command(
         n, m = _arch_size(arch_size)
         config = BenchConfig(images=default_images(images, count), N=n, M=m, model_dir=model, threads=threads,
                              repeat=repeat, seed=seed, compressai=compressai, coder_symbols=coder_symbols,
-                             notes=list(notes or []))
+                             notes=list(notes or []), only=tuple(n.strip() for n in only.split(",") if n.strip()))
         report = run_benchmark(config)
     text = format_markdown(report, rds)
     typer.echo(text)

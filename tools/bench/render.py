@@ -12,6 +12,7 @@ from typing import Any
 
 from ckbd.errors import CkbdError
 from ckbd.tools.bench.report import BenchReport, CodecResult, read_json
+from ckbd.tools.bench.timing import time_vs_compressai
 
 RD_WHAT = "a `ckbd eval --json` result"
 
@@ -74,6 +75,10 @@ def format_markdown(report: BenchReport, rds: dict[str, dict[str, Any]] | None =
         lines += [f"| {c.label} | {_ms(c.mean('encode_ms').get('total'))} | {_ms(c.mean('decode_ms').get('total'))} |"
                   for c in theirs.values()]
         lines.append("")
+    versus = time_vs_compressai(report.codecs)
+    if versus:
+        lines += [f"ckbd (ONNX Runtime) time over CompressAI's checkerboard time, same weights: "
+                  + ", ".join(f"{kind} **{value:.2f}**" for kind, value in versus.items()) + " (lower is faster)", ""]
     lines += [n for n in report.notes if n.startswith("CompressAI")] + [""]
     if report.agreement_psnr_db:
         lines += ["Reconstructions of the first image by implementations sharing weights (PSNR between them, dB):", ""]

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ckbd.errors import CkbdError
 from ckbd.progress import progress as progress_bar
 from ckbd.tools.bench.codecs import baseline_codecs, ckbd_codecs, random_model, torch_module
 from ckbd.tools.bench.report import BenchReport, CodecResult, MachineInfo, RunSettings
@@ -46,6 +47,8 @@ class BenchConfig:
     coder_symbols: int = 500_000
     progress: bool = True
     notes: list[str] = field(default_factory=list)  # the user's own caveats, copied to the outputs
+    #: Time only these codecs (names as in the report, e.g. ckbd-onnxruntime); empty: all of them.
+    only: tuple[str, ...] = ()
 
 
 def run_benchmark(config: BenchConfig) -> BenchReport:
@@ -70,6 +73,7 @@ def run_benchmark(config: BenchConfig) -> BenchReport:
                 same = ckbd_model if config.model_dir is None else None
                 codecs += compressai_codecs(compressai_models(module, same, baselines, N, M))
         notes.append(compressai_note)
+        codecs = _selected(codecs, config.only)
         results: dict[str, CodecResult] = {}
         decoded: dict[str, np.ndarray] = {}
         with progress_bar(total=len(codecs) * len(images), desc="bench codecs", unit="image",
@@ -84,8 +88,19 @@ def run_benchmark(config: BenchConfig) -> BenchReport:
                            str(config.model_dir) if config.model_dir else None, config.model_dir is None,
                            round(time.time() - started, 1))
     return BenchReport(settings, machine, results, ratios(results),
-                       notes=config.notes + notes + _load_notes(machine) + _standard_notes(config),
+                       notes=config.notes + notes + _load_notes(machine) + _standard_notes(config, list(results)),
                        agreement_psnr_db=agreement(decoded, config.model_dir is None), coder=coder)
+
+
+def _selected(codecs: list[Any], only: Sequence[str]) -> list[Any]:
+    """The codecs named in ``only`` (all when empty); an unknown name is an error listing the known ones."""
+    if not only:
+        return codecs
+    known = [codec.name for codec in codecs]
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        raise CkbdError(f"unknown codec {', '.join(unknown)}; this run has {', '.join(known)}")
+    return [codec for codec in codecs if codec.name in only]
 
 
 def machine_info(threads: int) -> MachineInfo:
@@ -163,13 +178,13 @@ def _load_notes(machine: MachineInfo) -> list[str]:
             "(the serial loops) the most; compare codecs within this run only"]
 
 
-def _standard_notes(config: BenchConfig) -> list[str]:
+def _standard_notes(config: BenchConfig, timed: Sequence[str]) -> list[str]:
     weights = ("all models are randomly initialised (latency does not depend on training; only the "
                "entropy-coding stages see other symbol statistics than with trained weights)")
     if config.model_dir is not None:
         weights = (f"(a) uses the exported model {config.model_dir}; the torch models, (b) included, are "
                    "randomly initialised at the same size")
-    return [weights,
-            "the serial baseline codes each latent position as its own IndexedCoder payload (the coder needs "
-            "all indexes of a call up front), so its byte counts include one flushed word or so per position",
+    serial = ["the serial baseline codes each latent position as its own IndexedCoder payload (the coder needs "
+              "all indexes of a call up front), so its byte counts include one flushed word or so per position"]
+    return [weights, *(serial if "mbt2018-torch" in timed else []),
             "times are wall clock on a CPU; medians over repeats, then means over images"]

@@ -114,3 +114,21 @@ def ratios(results: dict[str, CodecResult]) -> dict[str, float]:
         out["compressai_serial_vs_checkerboard_decode"] = (ca_serial.mean("decode_ms")["total"]
                                                            / ca_ckbd.mean("decode_ms")["total"])
     return out
+
+
+#: The comparison the CPU speed goals are stated in: ckbd's exported graphs against CompressAI's
+#: checkerboard model holding the same weights.
+VERSUS_COMPRESSAI = ("ckbd-onnxruntime", "compressai-mbt2018-ckbd")
+
+
+def time_vs_compressai(results: dict[str, CodecResult]) -> dict[str, float]:
+    """ckbd's whole encode and decode time over CompressAI's for the same weights (lower is faster)."""
+    ours, theirs = (results.get(name) for name in VERSUS_COMPRESSAI)
+    if ours is None or theirs is None:
+        return {}
+    out = {}
+    for kind in ("encode", "decode"):
+        mine, their = ours.mean(f"{kind}_ms").get("total"), theirs.mean(f"{kind}_ms").get("total")
+        if mine and their:
+            out[kind] = mine / their
+    return out
