@@ -4,6 +4,7 @@ Importing this package is cheap: ``onnx`` and ``onnxruntime.quantization`` are o
 a graph is actually quantised (and a missing ``onnx`` names the ``calibration`` extra).
 """
 
+from ckbd.calibration.fine_tune import FineTuneConfig
 from ckbd.calibration.quantize import (
     DEFAULT_COUNT,
     DEFAULT_METHOD,
@@ -15,7 +16,6 @@ from ckbd.calibration.quantize import (
     check_stages,
     int8_file_name,
 )
-from ckbd.calibration.fine_tune import FineTuneConfig
 from ckbd.calibration.targets import DEFAULT_TARGET, TARGETS
 
 __all__ = [

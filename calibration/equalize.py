@@ -273,7 +273,8 @@ def equalize_channels(model: Any, feeds: Iterable[dict[str, np.ndarray]], thread
     spans = []
     scales = []
     for layer in layers:
-        ranges = np.sqrt(np.max([peaks[t] for t in layer.inputs], axis=0) * np.max([peaks[t] for t in layer.outputs], axis=0))
+        before_norm = np.max([peaks[t] for t in layer.inputs], axis=0)
+        ranges = np.sqrt(before_norm * np.max([peaks[t] for t in layer.outputs], axis=0))
         spans.append(_spread(ranges))
         scales.append(channel_scales(ranges, LAYER_STRENGTH))
     equalize(model, layers, scales)
@@ -312,7 +313,7 @@ def _identity_sources(model: Any) -> dict[str, str]:
     producers = producers_of(model.graph.node)
     inits = {init.name for init in model.graph.initializer}
     sources = {}
-    for name, node in producers.items():
+    for name in producers:
         source = name
         while source in producers and producers[source].op_type == "Identity":
             source = producers[source].input[0]

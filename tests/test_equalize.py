@@ -41,7 +41,8 @@ def _feeds(model_dir: Path, count: int = 2) -> list[dict[str, np.ndarray]]:
     return [feed(read_image(path, quiet=True)) for path in IMAGES[:count]]
 
 
-def _run(model, feed: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+def _run(model, feed: dict[str, np.ndarray],  # type: ignore[no-untyped-def]
+         outputs: list[str] | None = None) -> list[np.ndarray]:
     import onnx
     import onnxruntime as ort
 

@@ -44,8 +44,8 @@ def codecs_command(
                                       help="Symbols for the entropy coder benchmark (0: skip)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
     only: str = typer.Option("", "--codecs",
-                             help="Time only these codecs, comma-separated (e.g. ckbd-onnxruntime,compressai-mbt2018-ckbd "
-                                  "for the CPU speed comparison; default: all)."),
+                             help="Time only these codecs, comma-separated (default: all); e.g. "
+                                  "ckbd-onnxruntime,compressai-mbt2018-ckbd for the CPU speed comparison."),
     notes: list[str] = typer.Option(None, "--note", help="A caveat to print with the results (repeatable)."),
     from_json: Path = typer.Option(None, "--from-json",
                                    help="Time nothing: re-render the table and plots from an earlier --json "

@@ -50,8 +50,8 @@ def calibrate_command(
                                     help="The checkpoint MODEL_DIR was exported from, for --fine-tune-steps "
                                          "(default: the shipped one, for the shipped model)."),
     equalize: bool = typer.Option(True, "--equalize/--no-equalize",
-                                  help="First rescale GDN channels (and the latent input) so that one int8 range per "
-                                       "tensor fits every channel; the float function is unchanged."),
+                                  help="First rescale GDN channels (and the latent input) so that one int8 range "
+                                       "per tensor fits every channel; the float function is unchanged."),
     threads: int = ThreadsOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar per stage."),
     quiet: bool = QuietOption,

@@ -30,8 +30,8 @@ def determinism_command(
     from ckbd.errors import CkbdError
     from ckbd.runtime.atomic import atomic_write_bytes
     from ckbd.runtime.imageio import IMAGE_SUFFIXES, read_image
-    from ckbd.tools.determinism_check import format_table, report_json, run_check
     from ckbd.runtime.package import known_checkpoint
+    from ckbd.tools.determinism_check import format_table, report_json, run_check
 
     check_writable(json_out, "--json")
     checkpoint = checkpoint or known_checkpoint(model_dir)

@@ -77,8 +77,9 @@ def format_markdown(report: BenchReport, rds: dict[str, dict[str, Any]] | None =
         lines.append("")
     versus = time_vs_compressai(report.codecs)
     if versus:
-        lines += [f"ckbd (ONNX Runtime) time over CompressAI's checkerboard time, same weights: "
-                  + ", ".join(f"{kind} **{value:.2f}**" for kind, value in versus.items()) + " (lower is faster)", ""]
+        figures = ", ".join(f"{kind} **{value:.2f}**" for kind, value in versus.items())
+        lines += [f"ckbd (ONNX Runtime) time over CompressAI's checkerboard time, same weights: {figures} "
+                  "(lower is faster)", ""]
     lines += [n for n in report.notes if n.startswith("CompressAI")] + [""]
     if report.agreement_psnr_db:
         lines += ["Reconstructions of the first image by implementations sharing weights (PSNR between them, dB):", ""]
