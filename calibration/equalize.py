@@ -295,10 +295,12 @@ def equalize_file(path: Path, reader: ImageFeedReader) -> dict[str, Any]:
     onnx = require("onnx", "calibration", "INT8 calibration")
     model = onnx.load(str(path))
     reader.rewind()
+    label, reader.label = reader.label, f"{reader.label}: equalising channels"  # its own progress bar
     try:
         note = equalize_channels(model, reader)
     finally:
         reader.close()
+        reader.label = label
     onnx.save(model, str(path))
     return {"equalization": note} if note else {}
 

@@ -233,7 +233,8 @@ def _provenance(settings: QuantSettings, files: Sequence[Path]) -> dict[str, Any
     return {"method": settings.method, "per_channel": settings.per_channel, "images": len(files),
             "activations": target.activations_label(), "weights": weights, "target": target.name,
             "biases": "int32" if target.quantize_bias else "float",
-            "quantize_gdn": settings.quantize_gdn, "reduce_range": settings.reduce_range}
+            "quantize_gdn": settings.quantize_gdn, "reduce_range": settings.reduce_range,
+            "equalize": settings.equalize}
 
 
 #: Images the sensitivity search evaluates each candidate graph on (the first of the calibration set).

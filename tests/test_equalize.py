@@ -136,8 +136,8 @@ def test_calibrate_records_the_equalisation_and_can_skip_it(exported: Path, tmp_
         calibrate(model_dir, IMAGES, method="minmax", count=2, threads=1, progress=False, target="cpu",
                   equalize=equalize)
         notes[equalize] = Manifest.load(model_dir).extra["calibration"]["latent_synthesis"]
-    assert notes[True]["equalization"]["gdn_layers"] == 3
-    assert "equalization" not in notes[False]
+    assert notes[True]["equalization"]["gdn_layers"] == 3 and notes[True]["equalize"] is True
+    assert "equalization" not in notes[False] and notes[False]["equalize"] is False
 
 
 def test_cli_no_equalize(exported: Path, tmp_path: Path) -> None:
