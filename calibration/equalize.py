@@ -30,13 +30,16 @@ from typing import Any
 import numpy as np
 
 from ckbd.calibration.data import ImageFeedReader
-from ckbd.calibration.qdq_graph import IMAGE_TENSOR, consumers_of, producers_of
+from ckbd.calibration.qdq_graph import IMAGE_TENSOR, SHAPE_OPS, consumers_of, producers_of
+from ckbd.calibration.sensitivity import cpu_session
 from ckbd.errors import CkbdError, require
 
 #: Ops a walk from a layer's output to the next convolutions may pass: they move pixels, not channels.
 _PIXEL_MOVES = ("Unsqueeze", "Concat", "Reshape", "Identity")
 _CONVS = ("Conv", "ConvTranspose")
-_SHAPE_OPS = ("Shape", "Size")
+#: How a per-channel factor broadcasts over a weight: its output channels, or its input channels.
+_OUT_CHANNELS = {"Conv": (-1, 1, 1, 1), "ConvTranspose": (1, -1, 1, 1)}
+_IN_CHANNELS = {"Conv": (1, -1, 1, 1), "ConvTranspose": (-1, 1, 1, 1)}
 #: From the graph's latent inputs to the first layer: the checkerboard unpack slices them too.
 _UNPACK_MOVES = (*_PIXEL_MOVES, "Slice")
 #: How far channels are equalised (see the module docstring). GDN layers fully, on the geometric mean
@@ -117,7 +120,7 @@ def _readers(tensor: str, consumers: dict[str, list[Any]], moves: tuple[str, ...
         for node in consumers.get(current, []):
             if node.op_type in _CONVS and node.input[0] == current:
                 found.append(node.name)
-            elif node.op_type in _SHAPE_OPS:
+            elif node.op_type in SHAPE_OPS:
                 continue
             elif node.op_type in moves and current in node.input:
                 stack.extend(out for out in node.output if out not in seen)
@@ -162,66 +165,68 @@ def channel_scales(ranges: np.ndarray, strength: float) -> np.ndarray:
     return np.clip((widest / np.maximum(ranges, 1e-30)) ** strength, 1 / MAX_SCALE, MAX_SCALE)
 
 
-def tensor_peaks(model: Any, tensors: Sequence[str], feeds: Iterable[dict[str, np.ndarray]],
-                 threads: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Each tensor's largest magnitude per channel over the feeds, and the first feed (for the check)."""
+def tensor_peaks(model: Any, tensors: Sequence[str], feeds: Iterable[dict[str, np.ndarray]], threads: int = 0
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[np.ndarray]]:
+    """Each tensor's largest magnitude per channel over the feeds; the first feed and the graph's outputs for it.
+
+    The first feed's outputs are what the rewritten graph is checked against (:func:`rewrite_error`).
+    """
     onnx = require("onnx", "calibration", "INT8 calibration")
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    known = {v.name for v in probe.graph.output}
-    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in tensors if name not in known)
-    session = _session(probe, threads)
+    outputs = [v.name for v in probe.graph.output]
+    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in tensors if name not in outputs)
+    session = cpu_session(probe, threads)
     peaks: dict[str, np.ndarray] = {}
     first: dict[str, np.ndarray] = {}
+    expected: list[np.ndarray] = []
     for feed in feeds:
-        first = first or feed
-        for name, value in zip(tensors, session.run(list(tensors), feed)):
+        wanted = list(tensors) if first else [*outputs, *tensors]
+        values = session.run(wanted, feed)
+        if not first:
+            first, expected, values = feed, values[:len(outputs)], values[len(outputs):]
+        for name, value in zip(tensors, values):
             peak = np.abs(value).max(axis=tuple(d for d in range(value.ndim) if d != 1))
             peaks[name] = np.maximum(peaks[name], peak) if name in peaks else peak
     if not first:
         raise CkbdError("no calibration feeds to equalise channels with")
-    return peaks, first
-
-
-def _session(model: Any, threads: int) -> Any:
-    ort = require("onnxruntime", "calibration", "INT8 calibration")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return peaks, first, expected
 
 
 def equalize(model: Any, layers: Sequence[NormLayer], scales: Sequence[np.ndarray]) -> None:
     """Rescale the channels of each layer in place (see the module docstring)."""
-    numpy_helper = require("onnx.numpy_helper", "calibration", "INT8 calibration")
     by_node = {node.name: node for node in model.graph.node}
+    factors: list[tuple[str, np.ndarray, str]] = []
+    for index, (layer, s) in enumerate(zip(layers, scales)):
+        s = np.asarray(s, dtype=np.float64)
+        for node in (by_node[name] for name in layer.producers):
+            factors.append((node.input[1], s.reshape(_OUT_CHANNELS[node.op_type]), f"{index}:weight"))
+            if len(node.input) > 2 and node.input[2]:
+                factors.append((node.input[2], s, f"{index}:bias"))
+        for name in layer.norms:
+            factors.append((by_node[name].input[1], 1 / s.reshape(1, -1, 1, 1) ** 2, f"{index}:norm"))
+        for node in (by_node[name] for name in layer.readers):
+            factors.append((node.input[1], 1 / s.reshape(_IN_CHANNELS[node.op_type]), f"{index}:reader"))
+    _rescale_constants(model, factors)
+
+
+def _rescale_constants(model: Any, factors: Sequence[tuple[str, np.ndarray, str]]) -> None:
+    """Multiply constants in place by (tensor, factor, role) factors.
+
+    A constant read by several phases (directly or through an ``Identity`` copy) is scaled once per
+    role, and the roles compose: a convolution's weight is a reader of one layer and a producer of the next.
+    """
+    numpy_helper = require("onnx.numpy_helper", "calibration", "INT8 calibration")
     inits = {init.name: init for init in model.graph.initializer}
     aliases = _identity_sources(model)
-    #: (constant, role) -> factor: a constant read by several phases is scaled once per role, and a
-    #: convolution's weight is both a reader of one layer and a producer of the next.
-    factors: dict[tuple[str, str], np.ndarray] = {}
-
-    def scale(tensor: str, factor: np.ndarray, role: str) -> None:
+    unique: dict[tuple[str, str], np.ndarray] = {}
+    for tensor, factor, role in factors:
         name = aliases.get(tensor, tensor)
         if name not in inits:
             raise CkbdError(f"cannot equalise channels: {name} is not a constant")
-        factors[(name, role)] = factor
-
-    channel_out = {"Conv": (-1, 1, 1, 1), "ConvTranspose": (1, -1, 1, 1)}
-    channel_in = {"Conv": (1, -1, 1, 1), "ConvTranspose": (-1, 1, 1, 1)}
-    for index, (layer, s) in enumerate(zip(layers, scales)):
-        s = np.asarray(s, dtype=np.float64)
-        for name in layer.producers:
-            node = by_node[name]
-            scale(node.input[1], s.reshape(channel_out[node.op_type]), f"{index}:weight")
-            if len(node.input) > 2 and node.input[2]:
-                scale(node.input[2], s, f"{index}:bias")
-        for name in layer.norms:
-            scale(by_node[name].input[1], 1 / s.reshape(1, -1, 1, 1) ** 2, f"{index}:norm")
-        for name in layer.readers:
-            node = by_node[name]
-            scale(node.input[1], 1 / s.reshape(channel_in[node.op_type]), f"{index}:reader")
+        unique[(name, role)] = factor
     edits: dict[str, np.ndarray] = {}
-    for (name, _), factor in factors.items():
+    for (name, _), factor in unique.items():
         edits[name] = edits.get(name, numpy_helper.to_array(inits[name]).astype(np.float64)) * factor
     for name, array in edits.items():
         dtype = numpy_helper.to_array(inits[name]).dtype
@@ -236,24 +241,17 @@ def equalize_input(model: Any, site: InputSite, scales: np.ndarray) -> None:
     """
     numpy_helper = require("onnx.numpy_helper", "calibration", "INT8 calibration")
     helper = require("onnx.helper", "calibration", "INT8 calibration")
-    inits = {init.name: init for init in model.graph.initializer}
     nodes = list(model.graph.node)
     scaled, factor = f"{site.tensor}_equalized", f"{site.tensor}_channel_scales"
     s = np.asarray(scales, dtype=np.float64)
     model.graph.initializer.append(numpy_helper.from_array(s.astype(np.float32).reshape(1, -1, 1, 1), factor))
     first = min(i for i, node in enumerate(nodes) if node.name in site.readers)
     model.graph.node.insert(first, helper.make_node("Mul", [site.tensor, factor], [scaled], name=f"{scaled}_mul"))
-    axes = {"Conv": (1, -1, 1, 1), "ConvTranspose": (-1, 1, 1, 1)}
-    done: set[str] = set()
-    for node in model.graph.node:
-        if node.name not in site.readers:
-            continue
+    readers = [node for node in model.graph.node if node.name in site.readers]
+    for node in readers:
         node.input[0] = scaled
-        if node.input[1] not in done:
-            done.add(node.input[1])
-            weight = numpy_helper.to_array(inits[node.input[1]])
-            inits[node.input[1]].CopyFrom(numpy_helper.from_array(
-                (weight / s.reshape(axes[node.op_type])).astype(weight.dtype), node.input[1]))
+    _rescale_constants(model, [(node.input[1], 1 / s.reshape(_IN_CHANNELS[node.op_type]), "latent input")
+                               for node in readers])
 
 
 def equalize_channels(model: Any, feeds: Iterable[dict[str, np.ndarray]], threads: int = 0) -> dict[str, Any]:
@@ -261,15 +259,12 @@ def equalize_channels(model: Any, feeds: Iterable[dict[str, np.ndarray]], thread
 
     Raises when the float graph's output moved (a structure the rewrite misread).
     """
-    onnx = require("onnx", "calibration", "INT8 calibration")
     layers, site = norm_layers(model), input_site(model)
     if not layers and site is None:
         return {}
     tensors = [name for layer in layers for name in (*layer.inputs, *layer.outputs)]
     tensors += [site.tensor] if site is not None else []
-    peaks, first = tensor_peaks(model, list(dict.fromkeys(tensors)), feeds, threads)
-    before = onnx.ModelProto()
-    before.CopyFrom(model)
+    peaks, first, expected = tensor_peaks(model, list(dict.fromkeys(tensors)), feeds, threads)
     spans = []
     scales = []
     for layer in layers:
@@ -281,7 +276,7 @@ def equalize_channels(model: Any, feeds: Iterable[dict[str, np.ndarray]], thread
     if site is not None:
         spans.append(_spread(peaks[site.tensor]))
         equalize_input(model, site, channel_scales(peaks[site.tensor], INPUT_STRENGTH))
-    error = rewrite_error(before, model, first, threads)
+    error = rewrite_error(expected, model, first, threads)
     if error > MAX_REWRITE_ERROR:
         raise CkbdError(f"channel equalisation changed the float graph's output (mean error {error:.2g} of its range); "
                         "calibrate with --no-equalize")
@@ -324,16 +319,14 @@ def _identity_sources(model: Any) -> dict[str, str]:
     return sources
 
 
-def rewrite_error(before: Any, after: Any, feed: dict[str, np.ndarray], threads: int = 0) -> float:
-    """Mean output difference of two float graphs on one feed, relative to the output's range.
+def rewrite_error(expected: Sequence[np.ndarray], after: Any, feed: dict[str, np.ndarray], threads: int = 0) -> float:
+    """Mean output difference of graph ``after`` on ``feed`` from ``expected``, relative to the output's range.
 
     The mean, not the largest: a synthesis writes rounded pixels, and a last-bit float difference
     may move a few of them by one level, where a wrong rewrite moves them all.
     """
-    results = [[np.asarray(v, dtype=np.float64) for v in _session(model, threads).run(None, feed)]
-               for model in (before, after)]
     worst = 0.0
-    for a, b in zip(*results):
-        span = max(float(np.ptp(a)), 1e-12)
-        worst = max(worst, float(np.abs(a - b).mean()) / span)
+    for want, got in zip(expected, cpu_session(after, threads).run(None, feed)):
+        a, b = np.asarray(want, dtype=np.float64), np.asarray(got, dtype=np.float64)
+        worst = max(worst, float(np.abs(a - b).mean()) / max(float(np.ptp(a)), 1e-12))
     return worst

@@ -78,7 +78,7 @@ def image_side_convs(model: Any) -> list[str]:
 
 
 #: Ops that only look at a tensor's shape: walks along data flow do not pass through them.
-_SHAPE_OPS = ("Shape", "Size")
+SHAPE_OPS = ("Shape", "Size")
 
 
 def _first_convs(nodes: Sequence[Any], start: str, links: dict[str, Any], forward: bool) -> list[str]:
@@ -96,7 +96,7 @@ def _first_convs(nodes: Sequence[Any], start: str, links: dict[str, Any], forwar
         else:
             nexts = [links[tensor]] if tensor in links else []
         for node in nexts:
-            if id(node) in seen or node.op_type in _SHAPE_OPS:
+            if id(node) in seen or node.op_type in SHAPE_OPS:
                 continue
             seen.add(id(node))
             if node.op_type in QUANTIZED_OPS:

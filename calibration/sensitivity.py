@@ -61,7 +61,8 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 10 * np.log10(255.0**2 / max(mse, 1e-12))
 
 
-def _session(model: Any, threads: int) -> Any:
+def cpu_session(model: Any, threads: int) -> Any:
+    """An ONNX Runtime CPU session of a graph (a ModelProto, bytes or a path) with ckbd's session options."""
     import onnxruntime as ort
 
     from ckbd.runtime.ort_backend import OnnxRuntimeBackend
@@ -116,14 +117,14 @@ class LayerSearch:
         self.threads = threads
 
     def loss_db(self, reference: list[float], model: Any) -> float:
-        session = _session(model, self.threads)
+        session = cpu_session(model, self.threads)
         losses = [ref - _psnr(s.image, _pixels(session, s)) for ref, s in zip(reference, self.samples)]
         return float(np.mean(losses))
 
     def run(self, prepared: Any, float_convs: Sequence[str], quantize: Callable[[Sequence[str]], Any],
             float_path: Path) -> SearchResult:
         """``quantize(extra_float_convs)`` returns the int8 model with those convs also left float."""
-        fp32 = _session(str(float_path), self.threads)
+        fp32 = cpu_session(str(float_path), self.threads)
         reference = [_psnr(s.image, _pixels(fp32, s)) for s in self.samples]
         layers = quantized_layers(prepared, float_convs)
         loss = self.loss_db(reference, quantize([]))
