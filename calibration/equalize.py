@@ -225,12 +225,12 @@ def _rescale_constants(model: Any, factors: Sequence[tuple[str, np.ndarray, str]
         if name not in inits:
             raise CkbdError(f"cannot equalise channels: {name} is not a constant")
         unique[(name, role)] = factor
-    edits: dict[str, np.ndarray] = {}
+    originals = {name: numpy_helper.to_array(inits[name]) for name, _ in unique}
+    edits = {name: array.astype(np.float64) for name, array in originals.items()}
     for (name, _), factor in unique.items():
-        edits[name] = edits.get(name, numpy_helper.to_array(inits[name]).astype(np.float64)) * factor
+        edits[name] = edits[name] * factor
     for name, array in edits.items():
-        dtype = numpy_helper.to_array(inits[name]).dtype
-        inits[name].CopyFrom(numpy_helper.from_array(array.astype(dtype), name))
+        inits[name].CopyFrom(numpy_helper.from_array(array.astype(originals[name].dtype), name))
 
 
 def equalize_input(model: Any, site: InputSite, scales: np.ndarray) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 import typer
 
 from ckbd.calibration.fine_tune import FineTuneConfig
-from ckbd.calibration.quantize import DEFAULT_METHOD
+from ckbd.calibration.quantize import DEFAULT_COUNT, DEFAULT_METHOD
+from ckbd.calibration.targets import DEFAULT_TARGET
 from ckbd.cli.codec_options import ThreadsOption
 from ckbd.cli.options import QuietOption
 from ckbd.errors import UsageError
@@ -27,7 +28,7 @@ def calibrate_command(
                                 help="Folder of calibration images, searched recursively "
                                      "(default: ../shared/data/train; avoid the evaluation set)."),
     method: str = typer.Option(DEFAULT_METHOD, "--method", help="Activation range calibration: minmax, entropy or percentile."),
-    count: int = typer.Option(24, "--count", "-n", min=1, help="Number of images (the first N, sorted)."),
+    count: int = typer.Option(DEFAULT_COUNT, "--count", "-n", min=1, help="Number of images (the first N, sorted)."),
     stages: str = typer.Option("latent_synthesis", "--stages",
                                help="Comma-separated: latent_synthesis (decoder) and/or analysis (encoder)."),
     per_channel: bool = typer.Option(True, "--per-channel/--per-tensor",
@@ -36,7 +37,7 @@ def calibrate_command(
                                       help="Also quantise the GDN/IGDN norm convolutions (default: keep them float)."),
     reduce_range: bool = typer.Option(False, "--reduce-range/--full-range",
                                       help="7-bit weights: for x86 CPUs without VNNI, whose int8 kernels can saturate."),
-    target: str = typer.Option("tensorrt", "--target",
+    target: str = typer.Option(DEFAULT_TARGET, "--target",
                                help="tensorrt: symmetric int8 (TensorRT); cpu: asymmetric uint8 activations and "
                                     "int32 biases, the form ONNX Runtime's x86 int8 kernels fuse."),
     max_loss_db: float = typer.Option(None, "--max-loss-db", min=0.0,
