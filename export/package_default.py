@@ -18,7 +18,7 @@ from typing import Any
 
 from ckbd.models.checkpoint import load_model, read_checkpoint_file, save_checkpoint
 
-ASSETS = Path(__file__).resolve().parent.parent / "ckbd" / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "src" / "ckbd" / "assets"
 
 
 def recipe(raw: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from ckbd.runtime.bitstream import FORMAT_VERSION
 
 DATA = Path(__file__).parent / "data"
 IMAGES = sorted(DATA.glob("*.png"))
-DEFAULT_MODEL = Path(__file__).parents[1] / "ckbd" / "assets" / "default"
+DEFAULT_MODEL = Path(__file__).parents[1] / "src" / "ckbd" / "assets" / "default"
 
 
 def ckbd(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

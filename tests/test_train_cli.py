@@ -103,7 +103,7 @@ def test_defaults_are_the_shipped_recipe():
     """`ckbd train` without options trains the shipped model's recipe (RECIPE.json)."""
     from ckbd.cli.train import train_command
 
-    recipe = json.loads((Path(__file__).parents[1] / "ckbd" / "assets" / "RECIPE.json").read_text())
+    recipe = json.loads((Path(__file__).parents[1] / "src" / "ckbd" / "assets" / "RECIPE.json").read_text())
     saved = recipe["train_config"]
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     # The machine's settings (threads, device) and the saved rate (the annealing phase's) aside.

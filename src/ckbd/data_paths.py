@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ckbd.errors import CkbdError
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def _shared(sub: str) -> Path:

@@ -12,7 +12,7 @@ from ckbd.errors import CkbdError
 study_app = typer.Typer(help="Studies of a trained model (context patterns).", no_args_is_help=True)
 
 #: Kodak next to the repository (../shared/data/kodak), wherever the command is run from.
-REPO_KODAK = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "kodak"
+REPO_KODAK = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "kodak"
 
 
 def default_images() -> Path:
