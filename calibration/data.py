@@ -21,24 +21,11 @@ from typing import Any
 import numpy as np
 
 from ckbd.errors import CkbdError
-from ckbd.runtime.imageio import IMAGE_SUFFIXES, read_image
+from ckbd.runtime.imageio import read_image
 from ckbd.runtime.stages import ANALYSIS, LATENT_SYNTHESIS
 
 #: Maps one uint8 (H, W, 3) image to the feed dict of one stage.
 FeedFn = Callable[[np.ndarray], dict[str, np.ndarray]]
-
-
-def find_images(folder: Path, count: int | None = None, what: str = "calibration image") -> list[Path]:
-    """The first ``count`` images under ``folder`` (recursively, sorted, so runs are reproducible)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CkbdError(f"{what} folder {folder} does not exist")
-    if count is not None and count < 1:
-        raise CkbdError(f"--count must be at least 1, got {count}")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise CkbdError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
-    return files[:count] if count is not None else files
 
 
 def analysis_feeds() -> FeedFn:

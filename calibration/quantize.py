@@ -61,13 +61,14 @@ from pathlib import Path
 from typing import Any
 
 from ckbd.calibration import qdq_graph
-from ckbd.calibration.data import ImageFeedReader, find_images, stage_feeds
+from ckbd.calibration.data import ImageFeedReader, stage_feeds
 from ckbd.calibration.equalize import equalize_file
 from ckbd.calibration.fine_tune import FineTuneConfig, fine_tuned_synthesis
 from ckbd.calibration.targets import DEFAULT_TARGET, quant_target
 from ckbd.engines.policy import FP32_STAGES, REDUCED_PRECISION_STAGES
 from ckbd.errors import CkbdError, ModelError, UsageError, require
 from ckbd.runtime.atomic import atomic_path
+from ckbd.runtime.imageio import find_images
 from ckbd.runtime.manifest import GraphEntry, Manifest, file_sha256
 from ckbd.runtime.stages import ALL_STAGES, LATENT_SYNTHESIS
 

@@ -343,8 +343,7 @@ CALIBRATION_SIDE = 512
 
 def calibration_images(folder: Path, count: int = CALIBRATION_COUNT, side: int = CALIBRATION_SIDE) -> list[np.ndarray]:
     """Centre crops (at most ``side`` square) of ``count`` photos spread evenly over ``folder``."""
-    from ckbd.calibration.data import find_images
-    from ckbd.runtime.imageio import read_image
+    from ckbd.runtime.imageio import find_images, read_image
 
     files = find_images(folder, what="calibration image")
     picked = files[:: max(1, len(files) // count)][:count]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ckbd.cli.bench_codecs import HAND_WRITTEN_MARKER, with_hand_written
-from ckbd.tools.bench_memory_report import SECTION_BEGIN, render, write_section
+from ckbd.tools.bench.memory.report import SECTION_BEGIN, render, write_section
+from ckbd.tools.report.results_sections import HAND_WRITTEN_MARKER, with_hand_written
 
 RUN = {"load_after": [1.0, 2.0, 3.0], "rows": [
     {"model": "m", "size": "8K", "pixels": 33177600, "kind": "encode", "mode": "tiled", "budget": "1400M",
@@ -79,7 +79,7 @@ def test_stage_peaks_are_recorded_and_rendered():
     import numpy as np
 
     from ckbd.runtime.memory import reset_peak
-    from ckbd.tools.bench_memory import PeakTimer
+    from ckbd.tools.bench.memory.run import PeakTimer
 
     if not reset_peak():
         pytest.skip("this kernel does not let a process reset its peak RSS")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ckbd.errors import CkbdError
-from ckbd.tools.bench.report import (
+from ckbd.tools.bench.codecs.report import (
     BenchReport,
     CodecResult,
     ImageTiming,
@@ -18,7 +18,7 @@ from ckbd.tools.bench.report import (
     RunSettings,
     read_report,
 )
-from ckbd.tools.bench_coder import CoderBenchResult
+from ckbd.tools.bench.coder import CoderBenchResult
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = ROOT / "tests" / "data" / "kodim15_odd.png"
@@ -28,7 +28,7 @@ IMAGE = ROOT / "tests" / "data" / "kodim15_odd.png"
 def measured() -> BenchReport:
     """A real run, as small as it gets: one odd-sized image, tiny random models, one thread."""
     pytest.importorskip("torch")
-    from ckbd.tools.bench.run import BenchConfig, run_benchmark
+    from ckbd.tools.bench.codecs.run import BenchConfig, run_benchmark
 
     config = BenchConfig(images=[IMAGE], N=16, M=24, threads=1, compressai=False, coder_symbols=2000,
                          progress=False, notes=["a caveat"])
@@ -52,7 +52,7 @@ def test_measured_report_round_trips_with_its_types(measured: BenchReport) -> No
 
 
 def test_round_tripped_report_renders_the_same_page(measured: BenchReport) -> None:
-    from ckbd.tools.bench.render import format_markdown
+    from ckbd.tools.bench.codecs.render import format_markdown
 
     text = format_markdown(measured)
     assert format_markdown(BenchReport.from_json(measured.to_json())) == text
@@ -68,7 +68,7 @@ def test_json_keeps_the_per_stage_means_for_readers(measured: BenchReport) -> No
 
 
 def test_report_written_by_an_earlier_run_loads() -> None:
-    text = (ROOT / "docs" / "results.json").read_text(encoding="utf-8")
+    text = (ROOT / "results" / "results.json").read_text(encoding="utf-8")
     report = BenchReport.from_json(text)
     assert report.config.N == 192 and report.codecs["mbt2018-torch"].images
     assert json.loads(report.to_json()) == json.loads(text)
@@ -125,8 +125,8 @@ def test_reading_a_file_that_is_not_a_report(tmp_path: Path) -> None:
 
 def test_only_the_named_codecs_are_timed() -> None:
     pytest.importorskip("torch")
-    from ckbd.tools.bench.render import format_markdown
-    from ckbd.tools.bench.run import BenchConfig, run_benchmark
+    from ckbd.tools.bench.codecs.render import format_markdown
+    from ckbd.tools.bench.codecs.run import BenchConfig, run_benchmark
 
     config = BenchConfig(images=[IMAGE], N=16, M=24, threads=1, compressai=False, coder_symbols=0, progress=False,
                          only=("ckbd-onnxruntime",))
@@ -141,8 +141,8 @@ def test_only_the_named_codecs_are_timed() -> None:
 def test_time_over_compressai_is_on_the_page(measured: BenchReport) -> None:
     import dataclasses
 
-    from ckbd.tools.bench.render import format_markdown
-    from ckbd.tools.bench.timing import time_vs_compressai
+    from ckbd.tools.bench.codecs.render import format_markdown
+    from ckbd.tools.bench.codecs.timing import time_vs_compressai
 
     assert time_vs_compressai(measured.codecs) == {}  # no CompressAI in this run
     stand_in = dataclasses.replace(measured.codecs["ckbd-torch"], name="compressai-mbt2018-ckbd")

@@ -64,7 +64,7 @@ def test_roundtrip_refuses_an_unwritable_json_before_any_work(capsys: pytest.Cap
 
 def test_fuzz_failures_exit_1_after_the_report(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
                                                tmp_path: Path) -> None:
-    from ckbd.tools import fuzz_streams
+    from ckbd.tools.check import fuzz as fuzz_streams
 
     hang = {"i": 0, "kind": "truncate", "outcome": "hang", "error": "no answer"}
     monkeypatch.setattr(fuzz_streams, "run", lambda config, on_progress=None: fuzz_streams.summarize(

@@ -116,7 +116,7 @@ def test_plain_progress_lines(monkeypatch, capsys):
 
 
 def test_json_has_null_for_an_infinite_psnr():
-    from ckbd.tools.jsonfile import dumps
+    from ckbd.tools.report.jsonfile import dumps
 
     text = dumps({"psnr": float("inf"), "rows": [{"psnr": float("nan")}, {"psnr": 30.5}]})
     assert strict_json(text) == {"psnr": None, "rows": [{"psnr": None}, {"psnr": 30.5}]}
@@ -175,7 +175,7 @@ def test_eval_of_a_flat_image_plots_and_writes_valid_json(capsys, tmp_path):
 
 def test_eval_plots_one_labelled_series_per_model(capsys, tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
-    from ckbd.tools import plots
+    from ckbd.tools.report import plots
 
     other = tmp_path / "a" / "default"  # a second model with the same folder name
     shutil.copytree(DEFAULT_MODEL, other)

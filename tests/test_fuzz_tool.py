@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ckbd.cli.bench_codecs import HAND_WRITTEN_MARKER, with_hand_written
 from ckbd.cli.main import main
-from ckbd.tools.fuzz_streams import KINDS, SECTION_BEGIN, _reseal, _split, classify, mutate
+from ckbd.tools.check.fuzz import KINDS, SECTION_BEGIN, _reseal, _split, classify, mutate
+from ckbd.tools.report.results_sections import HAND_WRITTEN_MARKER, with_hand_written
 
 
 def test_a_small_run_counts_every_case_and_replaces_its_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -211,7 +211,7 @@ def test_init_from_copies_matching_weights(make_model, tmp_path):
 
 
 def test_rendering_results_keeps_the_hand_written_sections(tmp_path):
-    from ckbd.cli.bench_codecs import HAND_WRITTEN_MARKER, with_hand_written
+    from ckbd.tools.report.results_sections import HAND_WRITTEN_MARKER, with_hand_written
 
     results = tmp_path / "RESULTS.md"
     assert with_hand_written("# new\n", results) == "# new\n"

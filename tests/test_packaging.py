@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SUBPACKAGES = ("ckbd", "ckbd.cli", "ckbd.models", "ckbd.export", "ckbd.runtime", "ckbd.engines",
-               "ckbd.calibration", "ckbd.tools", "ckbd.tools.bench", "ckbd.serving")
+SUBPACKAGES = ("ckbd", "ckbd.cli", "ckbd.cli.bench", "ckbd.cli.check", "ckbd.models", "ckbd.export", "ckbd.runtime",
+               "ckbd.engines", "ckbd.calibration", "ckbd.tools", "ckbd.tools.bench", "ckbd.tools.bench.codecs",
+               "ckbd.tools.bench.memory", "ckbd.tools.check", "ckbd.tools.report", "ckbd.serving")
 RUNTIME_MODULES = ("atomic", "backend", "bitstream", "codec", "coder", "entropy_tables", "grouping", "imageio",
                    "manifest", "model", "ort_backend", "package", "profiling", "rate", "stages")
 

@@ -12,14 +12,14 @@ from ckbd.errors import CkbdError, require
 from ckbd.progress import progress
 from ckbd.runtime.codec import Decoder, Encoder
 from ckbd.runtime.memory import peak_resident_bytes, reset_peak
+from ckbd.runtime.metrics import psnr
 from ckbd.runtime.profiling import (
     DECODE_STAGES,
     ENCODE_STAGES,
     StageTimer,
     median_times,
 )
-from ckbd.tools.bench_coder import machine_info
-from ckbd.tools.metrics import psnr
+from ckbd.tools.report.machine import machine_info
 
 
 @dataclass
@@ -46,7 +46,7 @@ class ProfileReport:
     images: list[ImageProfile] = field(default_factory=list)
     machine: dict[str, Any] = field(default_factory=machine_info)
     precision: str = "fp32"
-    #: With ``--peak``: the measured peak (:mod:`ckbd.tools.peak_probe`) and, per image stage, the
+    #: With ``--peak``: the measured peak (:mod:`ckbd.tools.report.peak_probe`) and, per image stage, the
     #: mean GFLOP of its convolutions and the GFLOP/s its mean time gives.
     peak: dict[str, Any] = field(default_factory=dict)
     stage_gflop: dict[str, float] = field(default_factory=dict)
@@ -110,8 +110,8 @@ def add_compute_rates(report: ProfileReport, decoder: Decoder, threads: int) -> 
     """
     from ckbd.runtime.codec import to_network_input
     from ckbd.runtime.stages import stage_shapes
-    from ckbd.tools.op_profile import conv_gflop
-    from ckbd.tools.peak_probe import measure_peak
+    from ckbd.tools.bench.ops import conv_gflop
+    from ckbd.tools.report.peak_probe import measure_peak
 
     onnx = require("onnx", "calibration", "counting the operations of a graph (--peak)")
     m, model_dir = decoder.manifest, decoder.model.package.root

@@ -20,7 +20,7 @@ from ckbd.models.checkpoint import is_ckbd_checkpoint, model_from_ckbd, read_che
 from ckbd.models.config import ModelConfig
 from ckbd.models.registry import ARCHITECTURES, build_model
 from ckbd.progress import progress as progress_bar
-from ckbd.runtime.imageio import IMAGE_SUFFIXES, read_image
+from ckbd.runtime.imageio import find_images, read_image
 from ckbd.stop_signals import StopOnSignal
 
 #: The shipped recipe's first-phase rate (ckbd/assets/RECIPE.json); the defaults below are its too.
@@ -106,7 +106,7 @@ class CropSampler:
     """Random crops (with flips) from images held in memory as uint8 arrays."""
 
     def __init__(self, folder: Path, crop: int, seed: int) -> None:
-        files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = find_images(folder, what="training image")
         self.images = [img for img in (read_image(p, quiet=True) for p in files) if min(img.shape[:2]) >= crop]
         if not self.images:
             raise CkbdError(f"no images of at least {crop}x{crop} pixels under {folder}")

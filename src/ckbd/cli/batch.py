@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ckbd.errors import CkbdError, UsageError
 from ckbd.progress import progress
-from ckbd.tools.jsonfile import write_json as write_json_file
+from ckbd.tools.report.jsonfile import write_json as write_json_file
 
 #: Words that are never meant as file names: ``--psnr true`` gives a flag a value it does not take.
 FLAG_VALUES = {"true", "false", "yes", "no", "on", "off"}
@@ -25,15 +25,14 @@ FLAG_VALUES = {"true", "false", "yes", "no", "on", "off"}
 def expand_inputs(paths: Iterable[Path], suffixes: set[str]) -> list[Path]:
     """Files as given, directories replaced by the files with one of ``suffixes`` found in them and
     their subfolders (sorted), as ``train`` and ``calibrate`` search their folders."""
+    from ckbd.runtime.imageio import find_images
+
     files: list[Path] = []
     for path in paths:
         if str(path).lower() in FLAG_VALUES and not path.exists():
             raise UsageError(f"'{path}' is not a file: on/off options such as --psnr take no value")
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
-            if not found:
-                raise CkbdError(f"{path} holds no {'/'.join(sorted(suffixes))} files")
-            files.extend(found)
+            files.extend(find_images(path, suffixes=suffixes))
         else:
             files.append(path)
     if not files:

@@ -7,19 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ckbd.errors import CkbdError
-
 study_app = typer.Typer(help="Studies of a trained model (context patterns).", no_args_is_help=True)
-
-#: Kodak next to the repository (../shared/data/kodak), wherever the command is run from.
-REPO_KODAK = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "kodak"
-
-
-def default_images() -> Path:
-    if not REPO_KODAK.is_dir():
-        raise CkbdError(f"no --images given and {REPO_KODAK.resolve()} does not exist; pass a folder")
-    return REPO_KODAK.resolve()
-
 
 @study_app.command("masks")
 def masks_command(
@@ -41,17 +29,17 @@ def masks_command(
     torch = require("torch", "export", "The mask study")
     from ckbd.models.checkpoint import load_model, read_checkpoint_file
     from ckbd.runtime.atomic import atomic_write_bytes
-    from ckbd.runtime.imageio import IMAGE_SUFFIXES
+    from ckbd.runtime.imageio import find_images
     from ckbd.tools.mask_study import format_table, parse_mask, run_study, saving_grid
 
     for text in masks or []:
         parse_mask(text)  # reject a bad pattern before the slow part
     if threads:
         torch.set_num_threads(threads)
-    folder = images or default_images()
-    paths = [folder] if folder.is_file() else sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise CkbdError(f"no images under {folder}")
+    from ckbd.data_paths import default_kodak_dir
+
+    folder = images or default_kodak_dir()
+    paths = [folder] if folder.is_file() else find_images(folder)
     model = load_model(checkpoint)
     training = read_checkpoint_file(checkpoint).get("training", {})
     summary = {k: training[k] for k in ("step", "elapsed_s", "config", "notes") if k in training}
@@ -62,7 +50,7 @@ def masks_command(
         atomic_write_bytes(json_path, (json.dumps(study.to_dict(), indent=2) + "\n").encode())
         typer.echo(f"wrote {json_path}")
     if plot is not None:
-        from ckbd.tools.plots import saving_heatmap
+        from ckbd.tools.report.plots import saving_heatmap
 
         saving_heatmap(saving_grid(study), plot, "rate saving of each single reference (%)")
         typer.echo(f"wrote {plot}")
