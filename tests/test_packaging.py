@@ -3,6 +3,7 @@ production runtime imports without torch or any CLI/plotting dependency."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,28 @@ def test_regular_install_imports_every_subpackage(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r})\n" + code],
                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
+    # The README's Python snippet, started from the checkout root (on sys.path as ''): the root holds no
+    # partial ckbd package that would shadow the installed one.
+    snippet = readme_python_snippet() + f"\nimport ckbd\nassert ckbd.__file__.startswith({str(target)!r}), ckbd.__file__\n"
+    snippet += "assert image.shape == read_image('tests/data/kodim23_crop.png').shape\n"
+    env = {**os.environ, "PYTHONPATH": str(target), "PYTHONNOUSERSITE": "1"}
+    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, cwd=ROOT, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+def readme_python_snippet() -> str:
+    """The first Python block of the README's "Python" section."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("\n## Python"):]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_checkout_root_cannot_shadow_the_package() -> None:
+    """Nothing importable as ``ckbd`` at the root: the package's own modules live under src/."""
+    assert not (ROOT / "ckbd").exists() and not (ROOT / "ckbd.py").exists()
+    assert (ROOT / "src" / "ckbd" / "__init__.py").is_file()
+    assert "from ckbd.runtime.codec import" in readme_python_snippet()
 
 
 def test_runtime_imports_with_its_four_dependencies_only() -> None:

@@ -153,11 +153,12 @@ def test_split_bls_path_matches_in_process_codec_and_shuts_down_cleanly(tmp_path
 
 
 def test_serve_run_stops_cleanly_on_sigterm(server):
-    """`ckbd serve run` on free ports; SIGTERM stops the server and its stubs, exit code 0."""
+    """`ckbd serve run` on free ports, started from the checkout root (whose folders must not shadow the
+    package in Triton's Python stubs); SIGTERM stops the server and its stubs, exit code 0."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1", "CKBD_DEBUG": ""}
     proc = subprocess.Popen([sys.executable, "-m", "ckbd", "serve", "run", str(server.repo), "--http-port", "0",
                              "--grpc-port", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=env)
+                            env=env, cwd=Path(__file__).resolve().parents[1])
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
     reader.start()
