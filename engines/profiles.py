@@ -6,42 +6,11 @@ the symbolic shapes of :mod:`ckbd.runtime.stages`. Pure Python: usable without T
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from ckbd.errors import CkbdError
-from ckbd.runtime.stages import PAD_MULTIPLE, stage_shapes
-
-
-@dataclass(frozen=True, order=True)
-class ImageSize:
-    """An image size in pixels, height first (as in ``"512x768"``: 512 rows, 768 columns)."""
-
-    height: int
-    width: int
-
-    def __str__(self) -> str:
-        return f"{self.height}x{self.width}"
-
-    def padded(self, multiple: int = PAD_MULTIPLE) -> ImageSize:
-        """Round both sides up to the codec's padding multiple, as the codec does to images."""
-        return ImageSize(
-            -(-self.height // multiple) * multiple, -(-self.width // multiple) * multiple
-        )
-
-
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
-
-
-def parse_size(text: str) -> ImageSize:
-    """Parse ``"HxW"`` (e.g. ``"512x768"``)."""
-    match = _SIZE_RE.match(text)
-    if not match:
-        raise CkbdError(f"image size '{text}' is not HxW, e.g. 512x768")
-    size = ImageSize(int(match.group(1)), int(match.group(2)))
-    if size.height <= 0 or size.width <= 0:
-        raise CkbdError(f"image size '{text}' must be positive")
-    return size
+from ckbd.runtime.image_size import ImageSize, parse_size
+from ckbd.runtime.stages import stage_shapes
 
 
 @dataclass(frozen=True)

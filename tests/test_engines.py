@@ -32,14 +32,9 @@ from ckbd.engines.metadata import (
     write_metadata,
 )
 from ckbd.engines.policy import allows_tf32, available_precisions, exported_stages, stage_precision
-from ckbd.engines.profiles import (
-    ImageSize,
-    SizeProfile,
-    parse_size,
-    stage_input_shapes,
-    stage_profile_shapes,
-)
+from ckbd.engines.profiles import SizeProfile, stage_input_shapes, stage_profile_shapes
 from ckbd.errors import CkbdError, MissingDependencyError, ModelError, ModelMismatchError, UsageError
+from ckbd.runtime.image_size import ImageSize, parse_size
 from ckbd.runtime.manifest import Manifest
 from ckbd.runtime.stages import (
     ALL_STAGES,

@@ -9,13 +9,10 @@ import typer
 
 
 def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise typer.BadParameter(f"expected HxW, e.g. 512x768, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise typer.BadParameter("height and width must be positive")
-    return h, w
+    from ckbd.runtime.image_size import parse_size
+
+    size = parse_size(text)
+    return size.height, size.width
 
 
 def entropy_params_command(

@@ -24,15 +24,10 @@ def _bytes(text: str) -> int:
 
 
 def _size(text: str) -> tuple[int, int]:
-    from ckbd.errors import UsageError
+    from ckbd.runtime.image_size import parse_size
 
-    try:
-        height, width = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise UsageError(f"size '{text}' is not HxW, e.g. 9000x12000") from None
-    if height < 1 or width < 1:
-        raise UsageError(f"size '{text}' must be positive")
-    return height, width
+    size = parse_size(text)
+    return size.height, size.width
 
 
 @memory_app.command("run")
@@ -120,11 +115,8 @@ def fit_command(
     from ckbd.errors import UsageError
     from ckbd.tools.bench.memory.run import FIT_TERMS, fit, with_machine
 
-    try:
-        pair = tuple(tuple(int(x) for x in size.lower().split("x")) for size in sizes.split(","))
-    except ValueError:
-        pair = ()
-    if len(pair) != 2 or any(len(size) != 2 for size in pair):
+    pair = tuple(_size(size) for size in sizes.split(","))
+    if len(pair) != 2:
         raise UsageError(f"--sizes '{sizes}' is not two HxW sizes, e.g. 2160x3840,4320x7680")
     chosen = tuple(terms.split(","))
     if unknown := [t for t in chosen if t not in FIT_TERMS]:
