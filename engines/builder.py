@@ -360,7 +360,8 @@ def build_engines(
     ensure_tensorrt("building TensorRT engines")
     on_cpu = [s for s in exported_stages(manifest) if s not in engine_stages(manifest)]
     if on_cpu:
-        say(f"{', '.join(on_cpu)}: integer entropy parameters, run on ONNX Runtime's CPU provider")
+        say(f"{', '.join(on_cpu)}: integer entropy parameters, run through ONNX Runtime (CUDA provider once "
+            "they pass the known-answer check, else its CPU provider)")
     profile = options.profile
     say(f"image sizes (HxW, padded to 64): min {profile.min}, opt {profile.opt}, max {profile.max}")
     cache = TimingCache(_timing_cache_path(model_dir, options))

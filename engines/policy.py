@@ -15,8 +15,10 @@ precision set, so it is built once, as ``<stage>.fp32.engine``, and shared by al
 of one graph are not guaranteed to be bit-identical (TensorRT picks kernels by timing), so a
 float-path stream only decodes bit-exactly with the engine files that encoded it.
 
-Integer path: the index-deciding graphs run on ONNX Runtime's CPU provider
-(:func:`~ckbd.runtime.ort_backend.exact_cpu_stage`); TensorRT never builds or runs them.
+Integer path: TensorRT never builds or runs the index-deciding graphs
+(:func:`~ckbd.runtime.self_check.integer_stage`). They run on ONNX Runtime's CUDA provider, whose
+fixed cuDNN algorithm really multiplies and adds, once they pass the model's known-answer vectors
+(:mod:`ckbd.runtime.self_check`), else (or without onnxruntime-gpu) on its CPU provider.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 from ckbd.engines.metadata import PRECISIONS, engine_path, read_metadata, sidecar_path
 from ckbd.errors import CkbdError
 from ckbd.runtime.manifest import Manifest
-from ckbd.runtime.ort_backend import exact_cpu_stage
+from ckbd.runtime.self_check import integer_stage
 from ckbd.runtime.stages import ALL_STAGES, ANALYSIS, INDEX_STAGES, LATENT_SYNTHESIS
 
 #: Stages that always stay fp32: their outputs decide the scale indexes of the bitstream.
@@ -85,8 +87,8 @@ def exported_stages(manifest: Manifest) -> tuple[str, ...]:
 
 
 def engine_stages(manifest: Manifest) -> tuple[str, ...]:
-    """The exported stages TensorRT runs: all but those kept exact on the CPU (integer path)."""
-    return tuple(s for s in exported_stages(manifest) if not exact_cpu_stage(manifest, s))
+    """The exported stages TensorRT runs: all but the integer path's (run through ONNX Runtime)."""
+    return tuple(s for s in exported_stages(manifest) if not integer_stage(manifest, s))
 
 
 def loaded_precision(model_dir: Path, stage: str, precision: str) -> str:

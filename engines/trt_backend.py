@@ -11,8 +11,10 @@ returns without waiting, and the next host upload waits for it first.
 Execution contexts and the stream are not re-entrant: a backend (and the device tensors it hands
 out) belongs to the thread that created it; open one backend per thread.
 
-On the integer entropy-parameter path the index-deciding stages are loaded on ONNX Runtime's CPU
-provider instead (:func:`~ckbd.runtime.ort_backend.exact_cpu_stage`). Stages that do not follow
+On the integer entropy-parameter path the index-deciding stages
+(:func:`~ckbd.runtime.self_check.integer_stage`) run through ONNX Runtime instead: on its CUDA
+provider on the same device when onnxruntime-gpu is installed, kept only if they pass the model's
+known-answer vectors (:mod:`ckbd.runtime.self_check`), else on its CPU provider. Stages that do not follow
 the precision load the fp32 engine shared by every precision set (:mod:`ckbd.engines.policy`).
 
 ``tensorrt`` and the CUDA bindings are imported inside the constructor, never at module import.
@@ -52,8 +54,9 @@ from ckbd.engines.policy import check_precision, loaded_precision
 from ckbd.errors import CkbdError, ModelMismatchError
 from ckbd.runtime.backend import Runner, Tensor, to_host
 from ckbd.runtime.manifest import Manifest
-from ckbd.runtime.ort_backend import OnnxRuntimeBackend, exact_cpu_stage
+from ckbd.runtime.ort_backend import OnnxRuntimeBackend, integer_stage_backend
 from ckbd.runtime.package import ModelPackage
+from ckbd.runtime.self_check import integer_stage
 from ckbd.runtime.stages import STAGE_IO, TensorSpec
 
 if TYPE_CHECKING:
@@ -286,7 +289,7 @@ class TensorRTBackend:
 
     def __init__(self, device: int = 0, precision: str = "fp32", threads: int = 0) -> None:
         check_precision(precision)
-        self.threads = threads  # for the stages that run on ONNX Runtime's CPU provider
+        self.threads = threads  # for the stages that run on ONNX Runtime's CPU provider (integer path)
         ensure_tensorrt("the TensorRT backend")
         import tensorrt as trt
 
@@ -297,7 +300,7 @@ class TensorRTBackend:
         self._session = _Session(api, api.create_stream())
         self._runtime = trt.Runtime(tensorrt_logger())
         self._runners: list[TensorRTRunner] = []
-        self._cpu: OnnxRuntimeBackend | None = None
+        self._ort: OnnxRuntimeBackend | None = None
         self._closed = False
 
     @property
@@ -306,14 +309,14 @@ class TensorRTBackend:
         return self._session.stream
 
     def load(self, package: ModelPackage | Path, stage: str) -> Runner:
-        """Check and deserialise the stage's engine, or load it on ORT's CPU provider (see above)."""
+        """Check and deserialise the stage's engine, or load an integer stage on ONNX Runtime (see above)."""
         if self._closed:
             raise CkbdError("this TensorRT backend was closed")
         package = ModelPackage.of(package)
         model_dir, manifest = package.directory(), package.manifest
-        if exact_cpu_stage(manifest, stage):
-            self._cpu = self._cpu or OnnxRuntimeBackend("cpu", threads=self.threads)
-            return self._cpu.load(package, stage)
+        if integer_stage(manifest, stage):
+            self._ort = self._ort or integer_stage_backend(self.device, self.threads)
+            return self._ort.load(package, stage)
         path = engine_path(model_dir, stage, loaded_precision(model_dir, stage, self.precision))
         if not path.is_file() or not sidecar_path(path).is_file():
             raise missing_engine_error(model_dir, stage, self.precision, path)
@@ -368,8 +371,8 @@ class TensorRTBackend:
         for runner in self._runners:
             runner.close()
         self._runners.clear()
-        if self._cpu is not None:
-            self._cpu.close()
+        if self._ort is not None:
+            self._ort.close()
         if not self._closed:
             self._closed = True
             self._session.api.destroy_stream(self._session.stream)

@@ -8,8 +8,9 @@ integer result. Rescaling multiplies by powers of two (exact) and floors; satura
 ONNX Runtime may fold the per-channel ``Add``/``Mul`` after a convolution into its bias and
 weights; both are exact for power-of-two scales, so its optimisation levels cannot change a value.
 
-Exported in float32 (``dtype=torch.float32``); the torch backend runs the same modules in
-float64 (exact for the same reason, with 29 bits to spare).
+Exported in float32 (``dtype=torch.float32``). The torch backend runs copies of the same float32
+modules with every convolution as an explicit matrix product (:mod:`ckbd.export.gemm_stages`), so
+that no device's convolution algorithm (Winograd, FFT, TF32) can round a partial sum.
 """
 
 from __future__ import annotations

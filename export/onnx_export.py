@@ -26,6 +26,7 @@ from torch import nn
 from ckbd.errors import CkbdError, ModelError, require
 from ckbd.export.cpu_graph import rewrite_synthesis
 from ckbd.export.integer_stages import integer_stage_modules
+from ckbd.export.known_answers import generate as generate_known_answers
 from ckbd.export.model_package import build_package, save_tables
 from ckbd.export.optimize import optimized_stage_modules
 from ckbd.export.stage_modules import (
@@ -35,6 +36,7 @@ from ckbd.export.stage_modules import (
 )
 from ckbd.models.architectures import CheckerboardModel, HyperpriorModel
 from ckbd.runtime.intparams import INTEGER_PARAMS_NAME, IntegerParams
+from ckbd.runtime.known_answers import KNOWN_ANSWERS_NAME, KnownAnswers
 from ckbd.runtime.manifest import MANIFEST_NAME, GraphEntry, Manifest, file_sha256
 from ckbd.runtime.stages import ALL_STAGES, CHANNEL_SYMBOLS, LATENT_SYNTHESIS, STAGE_IO, TensorSpec, stage_shapes
 
@@ -220,6 +222,7 @@ def export_model(
     optimize: bool = True,
     fp16: bool = False,
     integer_params: IntegerParams | None = None,
+    known_answers: KnownAnswers | None = None,
 ) -> Manifest:
     """Export the stages of a checkerboard model, the entropy tables and the manifest to ``out_dir``.
 
@@ -228,6 +231,8 @@ def export_model(
     float16 latent synthesis, listed as the manifest's ``fp16`` variant (for TensorRT FP16).
     ``integer_params`` (from :func:`ckbd.export.integer_quantize.quantize_model`) selects the
     integer entropy-parameter path: the three index-deciding graphs evaluate that spec exactly.
+    Its known-answer vectors are ``known_answers``, or made from synthetic images when None
+    (:mod:`ckbd.export.known_answers`; the CLI passes vectors of calibration photos).
     """
     require("onnx", "export", "exporting ONNX graphs")
     model = require_checkerboard(model).eval()
@@ -261,6 +266,9 @@ def export_model(
             spec_path = staging / INTEGER_PARAMS_NAME
             integer_params.save(spec_path)
             manifest.integer_params = GraphEntry(INTEGER_PARAMS_NAME, file_sha256(spec_path), "int")
+            answers_path = staging / KNOWN_ANSWERS_NAME
+            (known_answers or generate_known_answers(model, integer_params)).save(answers_path)
+            manifest.known_answers = GraphEntry(KNOWN_ANSWERS_NAME, file_sha256(answers_path), "int")
         _publish(staging, out_dir, manifest)
     except OSError as exc:
         raise CkbdError(f"cannot write {out_dir}: {exc.strerror or exc}") from None

@@ -34,6 +34,7 @@ def recipe(raw: dict[str, Any]) -> dict[str, Any]:
 
 def package(checkpoint: Path, calibration: Path, assets: Path = ASSETS, notes: str = "") -> Path:
     from ckbd.export.integer_quantize import calibration_images, quantize_model
+    from ckbd.export.known_answers import generate, photos_from
     from ckbd.export.onnx_export import export_model
     from ckbd.runtime.entropy_tables import default_scale_table
 
@@ -48,7 +49,7 @@ def package(checkpoint: Path, calibration: Path, assets: Path = ASSETS, notes: s
         staged = Path(tmp) / "default"
         model = load_model(shipped)
         spec = quantize_model(model, calibration_images(calibration), default_scale_table())
-        export_model(model, staged, integer_params=spec)
+        export_model(model, staged, integer_params=spec, known_answers=generate(model, spec, photos_from(calibration)))
         target = assets / "default"
         if target.exists():
             shutil.rmtree(target)

@@ -17,6 +17,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 from ckbd.errors import ModelError
 from ckbd.runtime.manifest import MANIFEST_NAME, file_sha256
@@ -28,12 +29,17 @@ MAX_ENTRIES = 512
 _lock = threading.Lock()
 
 
-def cache_path() -> Path:
+def cache_dir() -> Path:
+    """Where ckbd keeps its small caches (verified files, known-answer verdicts)."""
     root = os.environ.get("CKBD_CACHE_DIR")
     if root:
-        return Path(root) / CACHE_NAME
+        return Path(root)
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "ckbd" / CACHE_NAME
+    return Path(xdg) / "ckbd"
+
+
+def cache_path() -> Path:
+    return cache_dir() / CACHE_NAME
 
 
 def _key(path: Path) -> str:
@@ -41,25 +47,26 @@ def _key(path: Path) -> str:
     return f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}|{st.st_dev}"
 
 
-def _load_cache() -> dict[str, str]:
+def load_json_cache(path: Path) -> dict[str, Any]:
+    """A cache file's entries (empty when it is missing or unreadable: a cache only saves time)."""
     try:
-        raw = json.loads(cache_path().read_text())
+        raw = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(raw, dict) else {}
+    return {k: v for k, v in raw.items() if isinstance(k, str)} if isinstance(raw, dict) else {}
 
 
-def _save_cache(entries: dict[str, str]) -> None:
+def save_json_cache(path: Path, entries: dict[str, Any]) -> None:
+    """Keep the :data:`MAX_ENTRIES` most recent entries; a cache that cannot be written is skipped."""
     from ckbd.errors import CkbdError
     from ckbd.runtime.atomic import atomic_write_bytes
 
-    path = cache_path()
     kept = dict(list(entries.items())[-MAX_ENTRIES:])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, json.dumps(kept).encode())
     except (OSError, CkbdError):
-        pass  # a read-only home only costs the hashing time
+        pass  # a read-only home only costs the work the cache saves
 
 
 def verify_file(path: Path, expected_sha256: str) -> None:
@@ -72,7 +79,7 @@ def verify_file(path: Path, expected_sha256: str) -> None:
     except OSError as exc:
         raise ModelError(f"cannot read model file {path}: {exc.strerror}") from None
     with _lock:
-        cache = _load_cache()
+        cache = load_json_cache(cache_path())
         if cache.get(key) == expected_sha256:
             return
         try:
@@ -87,4 +94,4 @@ def verify_file(path: Path, expected_sha256: str) -> None:
             )
         cache.pop(key, None)
         cache[key] = found
-        _save_cache(cache)
+        save_json_cache(cache_path(), cache)

@@ -57,6 +57,9 @@ class Manifest:
     entropy_params: str = "float"
     # The integer path's spec (runtime.intparams), present exactly when entropy_params is "integer".
     integer_params: GraphEntry | None = None
+    # Known-answer vectors of the integer stages (runtime.known_answers): what a runner other than
+    # ONNX Runtime's CPU provider must reproduce before it computes indexes (integer path only).
+    known_answers: GraphEntry | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -99,8 +102,10 @@ class Manifest:
                 for p, stages in raw.pop("variants", {}).items()
             }
             integer = raw.pop("integer_params", None)
+            answers = raw.pop("known_answers", None)
             manifest = cls(graphs=graphs, variants=variants,
-                           integer_params=GraphEntry(**integer) if integer else None, **raw)
+                           integer_params=GraphEntry(**integer) if integer else None,
+                           known_answers=GraphEntry(**answers) if answers else None, **raw)
         except TypeError as exc:
             raise ModelError(f"manifest has unexpected or missing fields: {exc}") from None
         if manifest.format_version != FORMAT_VERSION:
@@ -114,6 +119,8 @@ class Manifest:
             raise ModelError(f"unknown entropy-parameter path '{manifest.entropy_params}' in manifest")
         if (manifest.entropy_params == "integer") != (manifest.integer_params is not None):
             raise ModelError("manifest's entropy_params and integer_params disagree; re-export the model")
+        if manifest.known_answers is not None and manifest.integer_params is None:
+            raise ModelError("manifest lists known-answer vectors but no integer path; re-export the model")
         return manifest
 
     @classmethod

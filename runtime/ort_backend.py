@@ -3,12 +3,15 @@
 The CUDA provider is configured so that the same graph gives the same numbers in every session of a
 machine: TF32 off, and convolution algorithms chosen without timing (``EXHAUSTIVE``, the provider's
 default, benchmarks algorithms per session, so an encoder and a decoder session could compute scale
-indexes with different kernels). On the integer entropy-parameter path the index-deciding graphs run
-on the CPU provider even in a CUDA backend: exactness is only relied on there.
+indexes with different kernels). On the integer entropy-parameter path the three index-deciding
+graphs run on the CUDA provider with cuDNN's fixed default algorithm (an implicit-GEMM convolution,
+exact on integer values below 2**24) once they pass the package's known-answer vectors
+(:mod:`ckbd.runtime.self_check`); a session that fails them is replaced by a CPU-provider one.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
@@ -18,9 +21,8 @@ import numpy as np
 
 from ckbd.errors import CkbdError, ModelError, ResourceError
 from ckbd.runtime.backend import ClosingBackend, Tensor, to_host
-from ckbd.runtime.bitstream import INTEGER_PATH
-from ckbd.runtime.manifest import Manifest
 from ckbd.runtime.package import ModelPackage
+from ckbd.runtime.self_check import cuda_identity, guard_integer_runner, integer_stage, loaded_libraries
 from ckbd.runtime.stages import INDEX_STAGES, TensorSpec
 from ckbd.runtime.working_memory import retains_working_memory
 
@@ -30,20 +32,12 @@ CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 
 
-def exact_cpu_stage(manifest: Manifest, stage: str) -> bool:
-    """Whether a GPU backend must run ``stage`` on ONNX Runtime's CPU provider instead.
-
-    True for the index-deciding graphs of an integer-path model: they must give bit-identical results
-    on every machine, which no TF32/FP16/auto-tuned GPU kernel promises.
-    """
-    return manifest.entropy_params == INTEGER_PATH and stage in INDEX_STAGES
-
-
 def cuda_provider_options(stage: str, device_id: int = 0) -> dict[str, str]:
     """CUDA provider options for ``stage``: no TF32, convolution algorithms picked without timing.
 
-    Index-deciding graphs get cuDNN's fixed default algorithm, so the choice cannot depend on a
-    heuristic that differs between cuDNN versions; the others take the heuristic's (faster) pick.
+    Index-deciding graphs get cuDNN's fixed default algorithm (implicit precomputed GEMM: real
+    multiply-adds, never Winograd or FFT), so the choice cannot depend on a heuristic that differs
+    between cuDNN versions; the others take the heuristic's (faster) pick.
     """
     search = "DEFAULT" if stage in INDEX_STAGES else "HEURISTIC"
     return {"device_id": str(device_id), "use_tf32": "0", "cudnn_conv_algo_search": search}
@@ -198,16 +192,24 @@ class OnnxRuntimeBackend(ClosingBackend):
         except Exception as exc:  # ORT raises its own exception types for unreadable graphs
             raise ModelError(f"cannot load {path}: {str(exc).splitlines()[0]}") from None
 
-    def providers_for(self, manifest: Manifest, stage: str) -> list[str | tuple[str, dict[str, str]]]:
+    def providers_for(self, stage: str) -> list[str | tuple[str, dict[str, str]]]:
         """The provider list a session of ``stage`` is created with."""
-        if self.device_id is None or exact_cpu_stage(manifest, stage):
+        if self.device_id is None:
             return [CPU_PROVIDER]
         return [(CUDA_PROVIDER, cuda_provider_options(stage, self.device_id)), CPU_PROVIDER]
 
     def load(self, package: ModelPackage | Path, stage: str) -> OrtRunner:
+        """A runner of ``stage``; on CUDA an integer stage must first pass its known answers."""
         package = ModelPackage.of(package)
+        runner = self._load(package, stage, self.providers_for(stage))
+        if self.device_id is None or not integer_stage(package.manifest, stage):
+            return runner
+        return guard_integer_runner(  # type: ignore[return-value]
+            runner, package, stage, device=self.device_label(), identity=self.identity(package, stage),
+            fallback=lambda: self._load(package, stage, [CPU_PROVIDER]))
+
+    def _load(self, package: ModelPackage, stage: str, providers: list[str | tuple[str, dict[str, str]]]) -> OrtRunner:
         path = package.graph_path(stage, self.precision)
-        providers = self.providers_for(package.manifest, stage)
         session = self._session(path, self.options, providers)
         runner = self._handed_out(OrtRunner(session, stage, lambda: self._session(path, self.lean_options, providers)))
         if len(providers) > 1 and CUDA_PROVIDER not in runner.providers:
@@ -216,3 +218,32 @@ class OnnxRuntimeBackend(ClosingBackend):
                 "check that the CUDA and cuDNN libraries onnxruntime-gpu needs are installed and a GPU is visible"
             )
         return runner
+
+    def device_label(self) -> str:
+        """How notices name this backend's device, e.g. ``cuda:0 (NVIDIA H100 80GB HBM3)``."""
+        found = cuda_identity(self.device_id or 0)
+        where = f"cuda:{self.device_id}"
+        return f"{where} ({found['gpu']})" if found else where
+
+    def identity(self, package: ModelPackage, stage: str) -> dict[str, str] | None:
+        """What a CUDA session's results depend on besides the model (None: cannot tell)."""
+        found = cuda_identity(self.device_id or 0)
+        if found is None:
+            return None
+        return {"backend": "onnxruntime-cuda", "onnxruntime": self._ort.__version__,
+                "graph": package.graph(stage, self.precision).sha256, "libraries": loaded_libraries(),
+                "options": json.dumps(cuda_provider_options(stage), sort_keys=True), **found}
+
+
+def integer_stage_backend(device_id: int, threads: int = 0) -> OnnxRuntimeBackend:
+    """Where a TensorRT backend runs the integer stages: ONNX Runtime's CUDA provider on its device
+    (each stage self-checked at load), or its CPU provider, with a notice, without onnxruntime-gpu."""
+    import onnxruntime as ort
+
+    if CUDA_PROVIDER in ort.get_available_providers():
+        return OnnxRuntimeBackend(f"cuda:{device_id}", threads=threads)
+    from ckbd.progress import notice
+
+    notice(f"onnxruntime {ort.__version__} has no CUDA provider: the integer entropy-parameter stages run "
+           "on its CPU provider (install onnxruntime-gpu instead of onnxruntime to run them on the GPU)")
+    return OnnxRuntimeBackend("cpu", threads=threads)

@@ -17,6 +17,7 @@ from ckbd.errors import ModelError
 from ckbd.runtime.entropy_tables import EntropyTables
 from ckbd.runtime.integrity import verify_file
 from ckbd.runtime.intparams import IntegerParams
+from ckbd.runtime.known_answers import KnownAnswers
 from ckbd.runtime.manifest import GraphEntry, Manifest
 
 #: The exported model that ships with ckbd, relative to the ``ckbd`` package.
@@ -63,6 +64,7 @@ class ModelPackage:
     #: The integer entropy-parameter spec (integer path only); read from ``root`` when first needed.
     spec: IntegerParams | None = None
     _verified: set[str] = field(default_factory=set, repr=False)
+    _answers: KnownAnswers | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         m = self.manifest
@@ -123,7 +125,21 @@ class ModelPackage:
 
     def graph_path(self, stage: str, variant: str = "fp32") -> Path:
         """The verified file of ``stage``: its sha256 is checked once per package."""
-        entry = self.graph(stage, variant)
+        return self._verified_file(self.graph(stage, variant))
+
+    def known_answers_path(self) -> Path | None:
+        """The verified known-answer file (None: the package has none, e.g. an older export)."""
+        entry = self.manifest.known_answers
+        return None if entry is None or self.root is None else self._verified_file(entry)
+
+    def known_answers(self) -> KnownAnswers | None:
+        """The known-answer vectors of the integer stages, verified and read once (None: none)."""
+        if self._answers is None:
+            path = self.known_answers_path()
+            self._answers = None if path is None else KnownAnswers.load(path)
+        return self._answers
+
+    def _verified_file(self, entry: GraphEntry) -> Path:
         path = self.directory() / entry.file
         if entry.file not in self._verified:
             verify_file(path, entry.sha256)

@@ -171,3 +171,55 @@ def patch_tensorrt(monkeypatch: Any, cuda: FakeCuda, deserialize: Any) -> Any:
     monkeypatch.setattr(module, "tensorrt_version", lambda: "10.13.0.35")
     monkeypatch.setattr(module, "open_cuda", lambda device: cuda)
     return module
+
+
+def fake_cuda_onnxruntime(monkeypatch: Any, perturb: tuple[str, ...] = (),
+                          identity: dict[str, str] | None = None) -> Any:
+    """Make ONNX Runtime look like onnxruntime-gpu on a fake GPU; returns the session class.
+
+    A session asked for the CUDA provider really runs on the CPU provider but reports CUDA; the
+    outputs of the stages in ``perturb`` come back with one value off by one (a kernel that is not
+    exact). ``identity`` is what the CUDA driver reports (None: nothing can be read, no caching).
+    """
+    from pathlib import Path
+
+    import onnxruntime
+
+    import ckbd.runtime.ort_backend as ort_backend
+
+    real = onnxruntime.InferenceSession
+    cuda, cpu = ort_backend.CUDA_PROVIDER, ort_backend.CPU_PROVIDER
+
+    class FakeCudaSession:
+        created: list[FakeCudaSession] = []
+        cuda_runs = 0
+
+        def __init__(self, path: str, sess_options: Any = None, providers: Any = None) -> None:
+            self.requested = list(providers or [cpu])
+            self.on_cuda = any(isinstance(p, tuple) and p[0] == cuda for p in self.requested)
+            self.stage = Path(path).name.split(".")[0]
+            self.inner = real(path, sess_options=sess_options, providers=[cpu])
+            FakeCudaSession.created.append(self)
+
+        def get_providers(self) -> list[str]:
+            return [cuda, cpu] if self.on_cuda else [cpu]
+
+        def get_inputs(self) -> Any:
+            return self.inner.get_inputs()
+
+        def get_outputs(self) -> Any:
+            return self.inner.get_outputs()
+
+        def run(self, names: Any, feeds: Any) -> list[np.ndarray]:
+            out = self.inner.run(names, feeds)
+            if self.on_cuda:
+                FakeCudaSession.cuda_runs += 1
+                if self.stage in perturb:
+                    out[0] = out[0].copy()
+                    out[0].flat[0] += 1
+            return out
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", FakeCudaSession)
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [cuda, cpu])
+    monkeypatch.setattr(ort_backend, "cuda_identity", lambda device_id: identity)
+    return FakeCudaSession

@@ -126,9 +126,11 @@ def test_cuda_without_onnxruntime_gpu_says_what_to_install(monkeypatch: pytest.M
         OnnxRuntimeBackend("cuda")
 
 
-def test_integer_path_runs_index_stages_on_the_cpu_provider(
+def test_integer_path_without_known_answers_runs_index_stages_on_the_cpu_provider(
     tmp_path: Path, fake_ort: type[FakeSession]
 ) -> None:
+    """An integer model exported before known-answer vectors cannot prove a CUDA session exact
+    (tests/test_known_answers.py covers models that can)."""
     model_dir = _make_model_dir(tmp_path / "m", entropy_params="integer")
     backend = OnnxRuntimeBackend(device="cuda")
     for stage in ALL_STAGES:
@@ -277,9 +279,10 @@ def test_fp16_set_loads_the_shared_fp32_index_engines(
                       engine_path(model_dir, LATENT_SYNTHESIS, "fp16").read_bytes()]
 
 
-def test_tensorrt_integer_path_runs_index_stages_on_cpu(
+def test_tensorrt_integer_path_runs_index_stages_through_onnxruntime(
     tmp_path: Path, fake_ort: type[FakeSession], trt_backend: tuple[Any, list[bytes], FakeCuda]
 ) -> None:
+    """No engines for the integer stages; without known answers ORT's CUDA session gives way to its CPU one."""
     model_dir = _make_model_dir(tmp_path / "m", entropy_params="integer")
     backend, loaded, _ = trt_backend
     for stage in INDEX_STAGES:

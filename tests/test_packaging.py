@@ -17,7 +17,8 @@ SUBPACKAGES = ("ckbd", "ckbd.cli", "ckbd.cli.bench", "ckbd.cli.check", "ckbd.mod
                "ckbd.engines", "ckbd.calibration", "ckbd.tools", "ckbd.tools.bench", "ckbd.tools.bench.codecs",
                "ckbd.tools.bench.memory", "ckbd.tools.check", "ckbd.tools.report", "ckbd.serving")
 RUNTIME_MODULES = ("atomic", "backend", "bitstream", "codec", "coder", "entropy_tables", "grouping", "imageio",
-                   "manifest", "model", "ort_backend", "package", "profiling", "rate", "stages")
+                   "known_answers", "manifest", "model", "ort_backend", "package", "profiling", "rate", "self_check",
+                   "stages")
 
 
 def _blocking(names: tuple[str, ...]) -> str:

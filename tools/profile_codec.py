@@ -46,6 +46,7 @@ class ProfileReport:
     images: list[ImageProfile] = field(default_factory=list)
     machine: dict[str, Any] = field(default_factory=machine_info)
     precision: str = "fp32"
+    device: str = "cpu"  # where the backend ran its stages (--device)
     #: With ``--peak``: the measured peak (:mod:`ckbd.tools.report.peak_probe`) and, per image stage, the
     #: mean GFLOP of its convolutions and the GFLOP/s its mean time gives.
     peak: dict[str, Any] = field(default_factory=dict)
@@ -149,7 +150,7 @@ def format_rates(report: ProfileReport) -> list[str]:
 def format_table(report: ProfileReport) -> str:
     """A table in the spirit of the paper's Table 3: milliseconds per decode/encode stage."""
     dec, enc = report.mean("decode_ms"), report.mean("encode_ms")
-    lines = [f"{report.arch} N={report.N} M={report.M} on {report.backend} ({report.precision}), median of {report.repeat}, "
+    lines = [f"{report.arch} N={report.N} M={report.M} on {report.backend} ({report.device}, {report.precision}), median of {report.repeat}, "
              f"mean over {len(report.images)} image(s)", "", f"{'decode stage':<20}{'ms':>10}"]
     lines += [f"{k:<20}{v:>10.1f}" for k, v in dec.items()]
     lines += ["", f"{'encode stage':<20}{'ms':>10}"]

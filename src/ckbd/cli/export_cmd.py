@@ -110,11 +110,15 @@ def export_command(
 
     path = _resolve_checkpoint(checkpoint, use_default)
     model = require_checkerboard(load_model(path))  # an unexportable model is refused before calibrating
-    spec = None
+    spec = answers = None
     if entropy_params == "integer":
-        spec = _integer_params(model, use_default and calibration_images is None, calibration_images, activation_bits)
+        from ckbd.export.known_answers import for_export
+
+        shipped = use_default and calibration_images is None
+        spec = _integer_params(model, shipped, calibration_images, activation_bits)
+        answers = for_export(model, spec, calibration_images, shipped)  # type: ignore[arg-type]
     manifest = export_model(model, out, opset=opset, stages=_parse_stages(stages) or ALL_STAGES,
-                            optimize=optimize, fp16=fp16, integer_params=spec)
+                            optimize=optimize, fp16=fp16, integer_params=spec, known_answers=answers)  # type: ignore[arg-type]
     typer.echo(f"{out}: {manifest.arch} N={manifest.N} M={manifest.M} anchors={manifest.anchor_parity} "
                f"opset={manifest.opset} entropy-params={manifest.entropy_params} "
                f"fingerprint={manifest.fingerprint[:16]}")

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from ckbd.cli.codec_options import BackendOption, ModelOption, PrecisionOption, ThreadsOption, open_codec
+from ckbd.cli.codec_options import (
+    BackendOption,
+    DeviceOption,
+    ModelOption,
+    PrecisionOption,
+    ThreadsOption,
+    open_codec,
+)
 from ckbd.cli.options import QuietOption, check_plot_path, check_writable
 
 
@@ -20,6 +27,7 @@ def profile_command(
     backend: str = BackendOption,
     threads: int = ThreadsOption,
     precision: str = PrecisionOption,
+    device: str = DeviceOption,
     peak: bool = typer.Option(False, "--peak/--no-peak",
                               help="Also count the convolution work of the image stages and measure the machine's "
                                    "peak (a matrix-product probe): GFLOP/s per stage, and how far from the limit."),
@@ -33,16 +41,17 @@ def profile_command(
     from ckbd.runtime.codec import Decoder, Encoder
     from ckbd.runtime.imageio import IMAGE_SUFFIXES
     from ckbd.runtime.profiling import DECODE_STAGES, ENCODE_STAGES
-    from ckbd.tools.jsonfile import write_json
     from ckbd.tools.profile_codec import format_table, profile_images
+    from ckbd.tools.report.jsonfile import write_json
 
     check_writable(json_path, "--json")
     check_plot_path(plot)
     paths = expand_inputs(images, IMAGE_SUFFIXES)
-    encoder = open_codec(Encoder, model, backend, threads, precision)
-    decoder = open_codec(Decoder, model, backend, threads, precision)
+    # timed: a torch stage waits for its device work, so its row is its own time, not the next one's
+    encoder = open_codec(Encoder, model, backend, threads, precision, device=device, timed=True)
+    decoder = open_codec(Decoder, model, backend, threads, precision, device=device, timed=True)
     report = profile_images(encoder, decoder, paths, repeat)
-    report.precision = precision
+    report.precision, report.device = precision, device or "cpu"
     if peak:
         from ckbd.tools.profile_codec import add_compute_rates
 
@@ -51,7 +60,7 @@ def profile_command(
     if json_path is not None:
         write_json(json_path, report.to_dict())
     if plot is not None:
-        from ckbd.tools.plots import stage_bars
+        from ckbd.tools.report.plots import stage_bars
 
         stages = tuple(dict.fromkeys(DECODE_STAGES + ENCODE_STAGES))
         rows = {"decode": report.mean("decode_ms"), "encode": report.mean("encode_ms")}
