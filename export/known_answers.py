@@ -30,6 +30,7 @@ from ckbd.runtime.coder import dequantize, quantize
 from ckbd.runtime.entropy_tables import default_scale_table
 from ckbd.runtime.intparams import ANCHOR_LIMIT, MEAN_FRAC, Z_LIMIT, IntegerParams
 from ckbd.runtime.known_answers import KnownAnswers
+from ckbd.runtime.package import ModelPackage
 from ckbd.runtime.stages import ANALYSIS, INDEX_STAGES, STAGE_IO
 from ckbd.runtime.tiling import network_input
 
@@ -142,16 +143,8 @@ def reproduce(inputs: KnownAnswers, spec: IntegerParams) -> KnownAnswers:
                          for name, case in inputs.cases.items()})
 
 
-def for_export(model: HyperpriorModel, spec: IntegerParams, images: Path | None, shipped: bool = False) -> KnownAnswers:
-    """What ``ckbd export`` writes: the shipped inputs re-answered for the shipped spec (``--default``);
-    otherwise vectors of photos from ``images``, else ../shared/data/train, else the checkout's tests/data."""
-    from ckbd.data_paths import SHARED_DATA
-    from ckbd.runtime.package import ModelPackage
-
-    if shipped:
-        path = ModelPackage.open().known_answers_path()  # verified against the shipped manifest
-        if path is not None:
-            return reproduce(KnownAnswers.load(path), spec)
-    checkout_images = Path(__file__).resolve().parents[1] / "tests" / "data"
-    folder = images or next((p for p in (SHARED_DATA / "train", checkout_images) if p.is_dir()), None)
-    return generate(model, spec, photos_from(folder) if folder is not None else ())
+def reproduce_shipped(package: ModelPackage, spec: IntegerParams) -> KnownAnswers | None:
+    """The shipped model's vector inputs re-answered for ``spec``, so that ``export --default`` rewrites the
+    shipped file byte for byte (None when the package has no vectors)."""
+    path = package.known_answers_path()  # verified against the package's manifest
+    return None if path is None else reproduce(KnownAnswers.load(path), spec)

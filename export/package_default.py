@@ -18,8 +18,6 @@ from typing import Any
 
 from ckbd.models.checkpoint import load_model, read_checkpoint_file, save_checkpoint
 
-ASSETS = Path(__file__).resolve().parent.parent / "src" / "ckbd" / "assets"
-
 
 def recipe(raw: dict[str, Any]) -> dict[str, Any]:
     """What the checkpoint says about how it was trained (no optimiser state)."""
@@ -32,12 +30,16 @@ def recipe(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def package(checkpoint: Path, calibration: Path, assets: Path = ASSETS, notes: str = "") -> Path:
+def package(checkpoint: Path, calibration: Path, assets: Path | None = None, notes: str = "") -> Path:
+    """Write the shipped model's assets (default: the installed package's assets folder, where
+    :func:`ckbd.runtime.package.default_checkpoint` reads them: the checkout's in a development install)."""
     from ckbd.export.integer_quantize import calibration_images, quantize_model
     from ckbd.export.known_answers import generate, photos_from
     from ckbd.export.onnx_export import export_model
     from ckbd.runtime.entropy_tables import default_scale_table
+    from ckbd.runtime.package import default_checkpoint
 
+    assets = default_checkpoint().parent if assets is None else assets
     assets.mkdir(parents=True, exist_ok=True)
     shipped = assets / "default_checkpoint.pt"
     raw = read_checkpoint_file(checkpoint)

@@ -224,9 +224,9 @@ def test_cli_exports_a_saved_checkpoint(tmp_path: Path, image_folder: Path, caps
 
 
 def test_cli_reports_missing_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from ckbd.cli import export_cmd
+    import ckbd.runtime.package
 
-    monkeypatch.setattr(export_cmd, "DEFAULT_CHECKPOINT", tmp_path / "absent.pt")
+    monkeypatch.setattr(ckbd.runtime.package, "default_checkpoint", lambda: tmp_path / "absent.pt")
     assert _cli(["export", "--default", "-o", str(tmp_path / "m")]) == 1
     assert "default checkpoint is not installed" in capsys.readouterr().err
     assert _cli(["export", "-o", str(tmp_path / "m")]) == 1

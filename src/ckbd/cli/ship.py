@@ -14,7 +14,7 @@ def ship_command(
                                                  "(default: ../shared/data/train)."),
     notes: str = typer.Option("", "--notes", help="Free text stored in RECIPE.json (data, machine, ...)."),
 ) -> None:
-    """Rewrite ckbd/assets: the float16 checkpoint, its integer-path export and RECIPE.json."""
+    """Rewrite the package's assets (src/ckbd/assets in a checkout): the float16 checkpoint, its integer-path export and RECIPE.json."""
     from ckbd.data_paths import default_train_dir
     from ckbd.export.package_default import package
 
