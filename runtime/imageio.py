@@ -18,12 +18,31 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ckbd.errors import ImageError
+from ckbd.errors import CkbdError, ImageError
 from ckbd.progress import notice
 from ckbd.runtime.atomic import atomic_write_bytes
 from ckbd.runtime.bitstream import DEFAULT_MAX_PIXELS, padded_size
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
+
+
+def find_images(folder: Path, count: int | None = None, what: str = "image",
+                suffixes: frozenset[str] | set[str] = frozenset(IMAGE_SUFFIXES)) -> list[Path]:
+    """The first ``count`` images under ``folder`` and its subfolders, sorted so that runs are reproducible.
+
+    The one rule for "the images in a folder", used by every command that takes one.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CkbdError(f"{what} folder {folder} does not exist")
+    if count is not None and count < 1:
+        raise CkbdError(f"--count must be at least 1, got {count}")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+    if not files:
+        raise CkbdError(f"no images ({', '.join(sorted(suffixes))}) under {folder}")
+    return files[:count] if count is not None else files
+
+
 #: Refuse images whose padded size exceeds this before decoding them (Pillow's bomb check is a warning only);
 #: the codec's own limit, so that every image the encoder accepts can be read.
 MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
@@ -108,13 +127,19 @@ def read_image(source: Path | IO[bytes], quiet: bool = False, name: str | None =
             if frames > 1:
                 _notice(name, f"{frames} frames or pages; only the first is encoded", quiet)
             img.load()
-            return np.ascontiguousarray(_to_rgb8(_upright(img, name, quiet), name, quiet))
+            return rgb8_of(img, name, quiet)
     except FileNotFoundError:
         raise ImageError(f"{name}: no such file") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image Pillow can read") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageError(f"{name}: cannot read image ({exc})") from None
+
+
+def rgb8_of(img: Image.Image, name: str, quiet: bool = False) -> np.ndarray:
+    """A loaded Pillow image as the codec's uint8 H x W x 3 array: EXIF orientation applied, then converted
+    to 8-bit RGB, each change said on stderr unless ``quiet`` (the rules of :func:`read_image`)."""
+    return np.ascontiguousarray(_to_rgb8(_upright(img, name, quiet), name, quiet))
 
 
 def read_image_bytes(data: bytes, name: str, quiet: bool = False,

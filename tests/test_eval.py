@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from ckbd.cli.main import app
 from ckbd.errors import CkbdError
 from ckbd.runtime.imageio import read_image
-from ckbd.tools.bdrate import bd_psnr, bd_rate
-from ckbd.tools.metrics import ms_ssim, ms_ssim_scales, psnr
+from ckbd.runtime.metrics import ms_ssim, ms_ssim_scales, psnr
+from ckbd.tools.report.bdrate import bd_psnr, bd_rate
 
 DATA = Path(__file__).parent / "data"
 IMAGES = sorted(DATA.glob("*.png"))
@@ -154,11 +154,11 @@ def test_rd_plot_has_one_curve_per_architecture() -> None:
 
 
 def test_rd_plot_axes_fit_the_models_not_the_pillow_sweep() -> None:
-    from ckbd.tools.plots import _fitted_axes
+    from ckbd.tools.report.plots import fitted_axes
 
     models = [(0.4, 27.0), (0.6, 28.5)]
     every = [*models, (0.25, 26.0), (0.85, 32.0), (3.3, 40.5)]  # the last is beyond the models' span
-    (x_lo, x_hi), (y_lo, y_hi) = _fitted_axes(models, every)
+    (x_lo, x_hi), (y_lo, y_hi) = fitted_axes(models, every)
     assert (x_lo, x_hi) == (0.0, pytest.approx(0.9))
     assert y_lo < 26.0 < 32.0 < y_hi < 40.5
 
@@ -241,7 +241,7 @@ def test_tiny_benchmark_writes_json_and_markdown(tmp_path: Path) -> None:
 
 
 def test_bench_rd_plot_keeps_each_evaluation_its_own_curve() -> None:
-    from ckbd.tools.bench.render import combined_rd
+    from ckbd.tools.bench.codecs.render import combined_rd
 
     def rd(*families: str) -> dict:
         return {"images": ["a.png"], "models": [{"label": f, "bpp": 0.5, "psnr": 30.0, "ms_ssim": 0.9, "family": f}

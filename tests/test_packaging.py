@@ -51,7 +51,7 @@ def test_regular_install_imports_every_subpackage(tmp_path: Path) -> None:
     # The README's Python snippet, started from the checkout root (on sys.path as ''): the root holds no
     # partial ckbd package that would shadow the installed one.
     snippet = readme_python_snippet() + f"\nimport ckbd\nassert ckbd.__file__.startswith({str(target)!r}), ckbd.__file__\n"
-    snippet += "assert image.shape == read_image('tests/data/kodim23_crop.png').shape\n"
+    snippet += "from PIL import Image\nassert pixels.shape == (*Image.open('tests/data/kodim23_crop.png').size[::-1], 3)\n"
     env = {**os.environ, "PYTHONPATH": str(target), "PYTHONNOUSERSITE": "1"}
     result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, cwd=ROOT, env=env,
                             timeout=300)
@@ -69,7 +69,7 @@ def test_the_checkout_root_cannot_shadow_the_package() -> None:
     """Nothing importable as ``ckbd`` at the root: the package's own modules live under src/."""
     assert not (ROOT / "ckbd").exists() and not (ROOT / "ckbd.py").exists()
     assert (ROOT / "src" / "ckbd" / "__init__.py").is_file()
-    assert "from ckbd.runtime.codec import" in readme_python_snippet()
+    assert "import ckbd" in readme_python_snippet()
 
 
 def test_runtime_imports_with_its_four_dependencies_only() -> None:

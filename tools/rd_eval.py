@@ -2,7 +2,7 @@
 
 Every figure is measured, not estimated: bpp is ``8 * len(file bytes) / (H * W)`` of the actual
 ckbd bitstream (container and CRCs included) or of the actual JPEG/WebP file, and the quality is
-computed on the decoded image with :mod:`ckbd.tools.metrics` (PSNR on RGB, MS-SSIM per RGB channel
+computed on the decoded image with :mod:`ckbd.runtime.metrics` (PSNR on RGB, MS-SSIM per RGB channel
 averaged). Averages over images are plain means of the per-image values (the usual Kodak
 convention: mean PSNR, not PSNR of the mean MSE).
 
@@ -15,7 +15,7 @@ each Pillow curve.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,11 @@ import numpy as np
 from PIL import Image
 
 from ckbd.errors import require
+from ckbd.runtime.metrics import ms_ssim, psnr
 from ckbd.runtime.rate import bits_per_pixel
-from ckbd.tools.bdrate import MIN_POINTS, bd_rate
-from ckbd.tools.metrics import ms_ssim, psnr
+from ckbd.tools.report.bdrate import MIN_POINTS, bd_rate
 
-#: Plot labels of the Pillow curves (drawn as references: see :func:`ckbd.tools.plots.rd_curves`).
+#: Plot labels of the Pillow curves (drawn as references: see :func:`ckbd.tools.report.plots.rd_curves`).
 PILLOW_LABELS = {"jpeg": "JPEG (Pillow)", "webp": "WebP (Pillow)"}
 DEFAULT_QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 #: Pillow save options: JPEG with its default 4:2:0 chroma subsampling and optimised Huffman
@@ -102,11 +102,17 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return progress(total=total, desc=desc, unit="image", enabled=enabled)
 
 
+#: Sees each image once measured: (its path, the original, per model its result and decoded image).
+ImageHook = Callable[[Path, np.ndarray, list[tuple[ImageResult, np.ndarray]]], None]
+
+
 def evaluate(paths: Sequence[Path], models: Sequence[Path | None], qualities: Sequence[int] = DEFAULT_QUALITIES,
-             formats: Sequence[str] = tuple(PILLOW_FORMATS), threads: int = 0, progress: bool = True) -> RDReport:
+             formats: Sequence[str] = tuple(PILLOW_FORMATS), threads: int = 0, progress: bool = True,
+             on_image: ImageHook | None = None) -> RDReport:
     """Measure every model and every (format, quality) on every image; one progress bar over images.
 
     ``models`` are exported model directories or checkpoint files; ``None`` is the shipped model.
+    ``on_image`` gets the decoded images, which are not kept (e.g. the ``--html`` page's views).
     """
     from ckbd.runtime.imageio import read_image
 
@@ -116,9 +122,14 @@ def evaluate(paths: Sequence[Path], models: Sequence[Path | None], qualities: Se
     with _progress(len(paths), "eval", progress) as bar:
         for path in paths:
             image = read_image(path)
+            shown = []
             for results, (_, _, encoder, decoder) in zip(per_model, codecs):
                 data = encoder.encode(image)
-                results.append(measure(image, decoder.decode(data), len(data), str(path)))
+                decoded = decoder.decode(data)
+                results.append(measure(image, decoded, len(data), str(path)))
+                shown.append((results[-1], decoded))
+            if on_image is not None:
+                on_image(path, image, shown)
             for fmt in formats:
                 for q in qualities:
                     size, decoded = pillow_round_trip(image, fmt, q)
@@ -250,7 +261,7 @@ def format_table(report: RDReport) -> str:
 
 
 def rd_plot_curves(report: RDReport, metric: str = "psnr", join: bool = True) -> dict[str, list[tuple[float, float]]]:
-    """{label: [(bpp, metric)]} for :func:`ckbd.tools.plots.rd_curves`.
+    """{label: [(bpp, metric)]} for :func:`ckbd.tools.report.plots.rd_curves`.
 
     ``join``: the models of one architecture form one curve (a λ sweep); otherwise each model is its
     own labelled series, since two unrelated models joined by a line would suggest a curve that is not one.
@@ -273,6 +284,6 @@ def _unique(label: str, taken: dict[str, Any]) -> str:
 
 def plot_rd(report: RDReport, path: Path, join: bool = True) -> None:
     """The RD plot: one curve per architecture (or per model), the Pillow sweeps as dashed references."""
-    from ckbd.tools.plots import rd_curves
+    from ckbd.tools.report.plots import rd_curves
 
     rd_curves(rd_plot_curves(report, join=join), path, references=tuple(PILLOW_LABELS.values()))

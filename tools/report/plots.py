@@ -77,7 +77,7 @@ def rd_curves(curves: dict[str, list[tuple[float, float]]], path: Path, ylabel: 
                 linestyle="--" if label in references else "-", markersize=4 if label in references else 6)
     focus = [p for label, pts in curves.items() if label not in references for p in pts]
     if focus and len(focus) < sum(map(len, curves.values())):
-        x_lim, y_lim = _fitted_axes(focus, [p for pts in curves.values() for p in pts])
+        x_lim, y_lim = fitted_axes(focus, [p for pts in curves.values() for p in pts])
         ax.set_xlim(*x_lim)
         ax.set_ylim(*y_lim)
     ax.set_xlabel("bits per pixel")
@@ -122,7 +122,7 @@ def _finite(curves: dict[str, list[tuple[float, float]]]) -> dict[str, list[tupl
     return {label: pts for label, pts in kept.items() if pts}
 
 
-def _fitted_axes(focus: list[tuple[float, float]], every: list[tuple[float, float]]
+def fitted_axes(focus: list[tuple[float, float]], every: list[tuple[float, float]]
                  ) -> tuple[tuple[float, float], tuple[float, float]]:
     """(x, y) limits: bpp from 0 to 1.5x the focus's largest, quality over every point in that span."""
     x_hi = 1.5 * max(x for x, _ in focus)

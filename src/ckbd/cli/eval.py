@@ -31,6 +31,9 @@ def eval_command(
                                            "baselines); repeat for an RD curve (default: the shipped model)."),
     json_path: Path = typer.Option(None, "--json", help="Write per-image and averaged results here."),
     plot: Path = typer.Option(None, "--plot", help="RD plot, PSNR vs bpp with the JPEG/WebP curves (PNG/SVG/PDF)."),
+    html: Path = typer.Option(None, "--html",
+                              help="Folder for a self-contained comparison page (index.html and the images it shows): "
+                                   "RD curves, results, and each image beside JPEG and WebP at the closest bpp."),
     qualities: str = typer.Option("5,10,20,30,40,50,60,70,80,90,95", "--qualities",
                                   help="Pillow quality sweep for JPEG and WebP."),
     threads: int = ThreadsOption,
@@ -44,19 +47,27 @@ def eval_command(
     One model gives one RD point: it is compared at equal bpp (Pillow curves interpolated). With
     four or more models of one architecture the BD-rate (PSNR) against each Pillow curve is added.
     A lossless result has an infinite PSNR: "inf" in the table, null in the JSON, left out of the plot.
+    --html DIR writes DIR/index.html, which needs no network: open it in any browser.
     """
     from ckbd.cli.batch import expand_inputs
     from ckbd.cli.options import check_plot_path, check_writable
     from ckbd.data_paths import default_kodak_dir
     from ckbd.runtime.imageio import IMAGE_SUFFIXES
-    from ckbd.tools.jsonfile import write_json
     from ckbd.tools.rd_eval import evaluate, format_table, plot_rd
+    from ckbd.tools.report.jsonfile import write_json
 
     sweep = _qualities(qualities)
     check_writable(json_path, "--json")
     check_plot_path(plot)
+    _check_html_folder(html)
     paths = expand_inputs(images or [default_kodak_dir()], IMAGE_SUFFIXES)
-    report = evaluate(paths, list(models) if models else [None], sweep, threads=threads)
+    page = None
+    if html is not None:
+        from ckbd.tools.eval_html import ComparisonPage
+
+        page = ComparisonPage(html)
+    report = evaluate(paths, list(models) if models else [None], sweep, threads=threads,
+                      on_image=None if page is None else page.add)
     typer.echo(format_table(report))
     if json_path is not None:
         write_json(json_path, report.to_dict())
@@ -64,3 +75,17 @@ def eval_command(
     if plot is not None:
         plot_rd(report, plot, join=curve)
         typer.echo(f"wrote {plot}")
+    if page is not None:
+        typer.echo(f"wrote {page.write(report, join=curve)}")
+
+
+def _check_html_folder(folder: Path | None) -> None:
+    """Before any work: ``--html`` names a folder that exists or can be made in a writable one."""
+    from ckbd.cli.options import check_writable
+    from ckbd.errors import UsageError
+
+    if folder is None:
+        return
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--html {folder}: is a file; give a folder for the page and its images")
+    check_writable(folder / "index.html" if folder.is_dir() else folder, "--html")
