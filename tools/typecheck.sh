@@ -109,7 +109,7 @@ for file in dist.files or []:
 EOF
 
 cd "$root"
-targets=(-p ckbd.engines -m ckbd.cli.build -m ckbd.cli.check_gpu -m ckbd.tools.gpu_check -m ckbd.runtime.package
+targets=(-p ckbd.engines -m ckbd.cli.build -m ckbd.cli.check.gpu -m ckbd.tools.check.gpu.backends -m ckbd.runtime.package
          -m ckbd.runtime.backend -m ckbd.runtime.model)
 MYPYPATH="$work/src:$work/stubs" "$python" -m mypy --config-file "$root/mypy-engines.ini" "${targets[@]}" 2>&1 \
     | sed -e "s#$work/src/ckbd/engines/#engines/#g" -e "s#$work/src/ckbd/tools/#tools/#g" \

@@ -26,7 +26,7 @@ from ckbd.errors import CkbdError, installed
 from ckbd.runtime.codec import Decoder, Encoder, Latents
 from ckbd.runtime.metrics import psnr
 from ckbd.runtime.stages import ANCHOR_PARAMS, HYPER_SYNTHESIS, NONANCHOR_PARAMS
-from ckbd.tools.gpu_targets import torch_cuda_missing, torch_target
+from ckbd.tools.check.gpu.targets import torch_cuda_missing, torch_target
 
 OpenDecoder = Callable[[], Decoder]
 

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from ckbd.runtime.backend import Runner, to_host
+from ckbd.runtime.codec import Latents
+from ckbd.runtime.metrics import psnr
 from ckbd.runtime.stages import ANCHOR_PARAMS, HYPER_SYNTHESIS, INDEX_STAGES, NONANCHOR_PARAMS
-from ckbd.tools.metrics import psnr
 
 #: The tensors compared per index stage: (indexes or None, the float output compared by max |diff|).
 COMPARED: dict[str, tuple[str | None, str]] = {
@@ -55,6 +56,7 @@ class Reference:
     psnr: float
     feeds: dict[str, dict[str, np.ndarray]]  # stage -> its inputs, as the CPU decoder computed them
     outputs: dict[str, dict[str, np.ndarray]]  # stage -> the CPU's outputs for those inputs
+    latents: Latents | None = None  # the CPU decode's symbols and latent halves
 
 
 def make_reference(name: str, image: np.ndarray, encoder: Any, decoder: Any) -> Reference:
@@ -73,7 +75,7 @@ def make_reference(name: str, image: np.ndarray, encoder: Any, decoder: Any) -> 
     for stage in (ANCHOR_PARAMS, NONANCHOR_PARAMS):
         outputs[stage] = _host(runners[stage].run(feeds[stage]))
     decoded = np.asarray(result.image)
-    return Reference(name, image, data, decoded, psnr(image, decoded), feeds, outputs)
+    return Reference(name, image, data, decoded, psnr(image, decoded), feeds, outputs, latents)
 
 
 def _host(outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:

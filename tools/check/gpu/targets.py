@@ -17,10 +17,9 @@ from typing import Any
 
 from ckbd.errors import installed
 from ckbd.runtime.manifest import Manifest
-from ckbd.runtime.ort_backend import CUDA_PROVIDER, exact_cpu_stage
+from ckbd.runtime.ort_backend import CUDA_PROVIDER
 from ckbd.runtime.package import known_checkpoint
-from ckbd.runtime.stages import ALL_STAGES
-from ckbd.tools.gpu_compare import Target
+from ckbd.tools.check.gpu.compare import Target
 
 
 @dataclass
@@ -92,7 +91,8 @@ def ort_target(model_dir: Path, device: str, threads: int = 0) -> Target:
 def torch_target(model_dir: Path, checkpoint: Path, device: str) -> Target:
     """torch from ``checkpoint`` (and the model directory's integer spec, if it has one).
 
-    On the integer path the index-deciding stages stay on the CPU, as on every GPU backend. TF32
+    On the integer path the index-deciding stages run on the device in their exact GEMM form, checked
+    against the package's known answers when they load (falling back to the CPU with a notice). TF32
     (on by default for cuDNN convolutions) and cuDNN's timing-based algorithm search are switched
     off, as for the other backends, so the flips counted are not self-inflicted.
     """
@@ -108,8 +108,7 @@ def torch_target(model_dir: Path, checkpoint: Path, device: str) -> Target:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.benchmark = False
         package = ModelPackage.open(Path(model_dir))
-        cpu_stages = [s for s in ALL_STAGES if exact_cpu_stage(package.manifest, s)]
-        backend = TorchBackend(checkpoint, device=device, cpu_stages=cpu_stages)
+        backend = TorchBackend(checkpoint, device=device)  # integer stages: GEMM form, self-checked at load
         try:  # the backend checks that the package was exported from the checkpoint
             return _opened(backend, Decoder.open(package, backend))
         except BaseException:
