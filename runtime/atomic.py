@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from ckbd.errors import CkbdError
+from ckbd.errors import CkbdError, OutputExistsError
 
 #: Signals after which the live temp files are removed before the previous handling runs.
 CLEANUP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
@@ -135,12 +135,12 @@ def _publish(tmp: Path, final: Path, target: Path, replace: bool) -> None:
     try:
         os.link(tmp, final)
     except FileExistsError:
-        raise CkbdError(f"{target} already exists; use --force to replace it") from None
+        raise OutputExistsError(f"{target} already exists; use --force to replace it") from None
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
             raise
         if os.path.lexists(final):  # no hard links on this filesystem: check, then rename
-            raise CkbdError(f"{target} already exists; use --force to replace it") from None
+            raise OutputExistsError(f"{target} already exists; use --force to replace it") from None
         os.replace(tmp, final)
 
 

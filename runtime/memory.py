@@ -1,6 +1,6 @@
 """Peak-memory estimates, the memory budget, and the tile sizes that keep a job inside it.
 
-The estimate of a job is a sum of measured per-pixel costs (``tools/bench_memory.py`` measures
+The estimate of a job is a sum of measured per-pixel costs (``ckbd bench memory fit`` measures
 them; the method and figures are in ``docs/RESULTS.md``), each linear in the channel count of
 the tensors that dominate it:
 
@@ -15,13 +15,14 @@ A stage that hands its working memory back when it finishes (ONNX Runtime withou
 on top of what the process already holds (its resident set when the job is planned: interpreter,
 ONNX Runtime, the loaded graphs, the input): the transform on a tile next to its image-sized
 companions (the packed ``y`` it fills, or the output image), and the whole-latent entropy stages,
-which tiling does not reduce. The
-budget is ``--max-memory`` or, by default, the resident set plus half of what the machine still
-has available (``MemAvailable``, or the cgroup's remaining limit when that is lower), shared
-equally between parallel workers. A job that fits whole runs whole; otherwise the transform runs
-on the tiles that fit with the least work (the fewest pixels read twice: a tile at the border has a
-halo on one side only); if even the smallest tile does not fit, the job is refused before anything
-is allocated.
+which tiling does not reduce. The budget is ``--max-memory``, shared equally between parallel
+workers, or by default :data:`DEFAULT_BUDGET` per worker (see there why), never more than half of
+what the machine still has available (``MemAvailable``, or the cgroup's remaining limit when that is
+lower). A job that fits whole runs whole; otherwise the transform runs on the tiles that fit with
+the least work (the fewest pixels read twice: a tile at the border has a halo on one side only); if
+even the smallest tile does not fit, the job is refused before anything is allocated. The default
+is never the reason for a refusal: a job whose whole-latent stages alone need more gets what they
+need, up to that half.
 """
 
 from __future__ import annotations
@@ -36,9 +37,16 @@ from ckbd.errors import CkbdError, MemoryBudgetError, ModelError, UsageError
 from ckbd.runtime.receptive_field import analysis_halo, synthesis_halo
 from ckbd.runtime.stages import PAD_MULTIPLE, Y_STRIDE
 
-#: Share of the available memory a default budget takes: free memory changes while a job runs
-#: (other processes), and the estimates are fits, so half is left to the rest of the machine.
+#: Share of the available memory a default budget may take at most: free memory changes while a
+#: job runs (other processes), and the estimates are fits, so half is left to the rest of the machine.
 AVAILABLE_SHARE = 0.5
+#: The default peak per worker (1.5 GiB). Tiling costs no time (docs/RESULTS.md, "Default memory
+#: budget": an 8K round trip took 74-79 s with 1-4 GiB budgets, 102 s with the near-whole runs
+#: that half of free memory allowed, peaking at 4.5-6.6 GiB) and a server decodes many images at once,
+#: so a budget taken from free memory only wastes it. 1.5 GiB is the fastest budget measured that
+#: keeps 8K within 1.5 GB (1.13 GiB encode, 0.98 decode; 2 GiB peaked at 1.59) and still codes
+#: 1080p whole; 1 GiB tiles a 1080p decode, which then peaked higher (1.1 GiB) than whole (0.8).
+DEFAULT_BUDGET = 3 << 29
 
 
 @dataclass(frozen=True)
@@ -192,34 +200,48 @@ def _malloc_trim() -> Any:
         return None  # not glibc: nothing to trim, or nothing we can do
 
 
+def machine_budget() -> int | None:
+    """The most a default budget may take: the resident set plus a share of what is available
+    (None: the machine does not say)."""
+    available = available_memory()
+    return None if available is None else resident_bytes() + int(available * AVAILABLE_SHARE)
+
+
 @dataclass(frozen=True)
 class MemoryBudget:
-    """The peak resident memory of the process: ``limit`` bytes, or the machine's default.
+    """The peak resident memory of the process: ``limit`` bytes, or the default.
 
     ``share`` workers of one process (``--jobs``) divide what the process does not hold yet:
     each plans its job within ``(budget - resident) / share``. Other workers' jobs in flight are
     part of the resident set, so the sum never exceeds the budget (a worker planned while others
-    are busy gets smaller tiles).
+    are busy gets smaller tiles). The default is :data:`DEFAULT_BUDGET` per worker, capped by
+    :func:`machine_budget`.
     """
 
     limit: int | None = None
     share: int = 1
 
-    def total(self) -> int | None:
-        """The whole budget now (None: unknown machine, no limit)."""
+    def total(self) -> int:
+        """The whole budget now."""
         if self.limit is not None:
             return self.limit
-        available = available_memory()
-        return None if available is None else resident_bytes() + int(available * AVAILABLE_SHARE)
+        machine = machine_budget()
+        default = DEFAULT_BUDGET * self.share
+        return default if machine is None else min(default, machine)
 
-    def room(self) -> float:
-        """Bytes one job may add to the process now."""
-        total = self.total()
-        return float("inf") if total is None else (total - resident_bytes()) / self.share
+    def room(self, need: float = 0.0) -> float:
+        """Bytes one job may add to the process now; a default budget grants at least ``need``
+        (what no tiling reduces) where the machine has it."""
+        resident = resident_bytes()
+        room = (self.total() - resident) / self.share
+        if self.limit is not None or need <= room:
+            return room
+        machine = machine_budget()
+        return need if machine is None else max(room, min(need, (machine - resident) / self.share))
 
     @property
     def source(self) -> str:
-        return "--max-memory" if self.limit is not None else "free memory of this machine"
+        return "--max-memory" if self.limit is not None else "the default, capped by this machine's free memory"
 
 
 @dataclass(frozen=True)
@@ -293,11 +315,12 @@ def _plan(job: str, height: int, width: int, scale: int, halo: int, align: int, 
     entropy = entropy_px * padded_h * padded_w + max(overhead, entropy_fixed)
     fixed = alongside_px * padded_h * padded_w + overhead
     unit_cost = TILE_MARGIN * per_tile_px * scale * scale
-    room = budget.room()
+    smallest = fixed + unit_cost * min(rows, align + 2 * halo) * min(cols, align + 2 * halo)
+    room = budget.room(need=max(entropy, smallest))
     if entropy > room:
         raise MemoryBudgetError(
             f"{job} {width}x{height} needs at least {format_bytes(entropy)} for its whole-latent stages, but the "
-            f"memory budget of {format_bytes(budget.total() or 0)} ({budget.source}) leaves "
+            f"memory budget of {format_bytes(budget.total())} ({budget.source}) leaves "
             f"{format_bytes(max(0.0, room))} for it; free memory or raise --max-memory")
     whole = fixed + unit_cost * rows * cols
     if whole <= room and rows <= cap_rows and cols <= cap_cols:
@@ -321,10 +344,9 @@ def _plan(job: str, height: int, width: int, scale: int, halo: int, align: int, 
                     best = Plan(False, core_rows, core_cols, halo, int(estimate))
                 break
     if best is None:
-        smallest = fixed + unit_cost * min(rows, align + 2 * halo) * min(cols, align + 2 * halo)
         raise MemoryBudgetError(
             f"{job} {width}x{height} needs at least {format_bytes(smallest)} even in tiles, but the memory "
-            f"budget of {format_bytes(budget.total() or 0)} ({budget.source}) leaves "
+            f"budget of {format_bytes(budget.total())} ({budget.source}) leaves "
             f"{format_bytes(max(0.0, room))} for it; free memory or raise --max-memory")
     return best
 

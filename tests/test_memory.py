@@ -42,13 +42,53 @@ def test_available_memory_takes_the_lower_of_meminfo_and_cgroup(tmp_path):
     assert available_memory(meminfo, cgroup) == 8000000 * 1024
 
 
+def _machine(monkeypatch, available: int | None, resident: int) -> None:
+    monkeypatch.setattr(memory, "available_memory", lambda: available)
+    monkeypatch.setattr(memory, "resident_bytes", lambda: resident)
+
+
 def test_budget_is_what_the_process_does_not_hold_yet_shared_by_workers(monkeypatch):
-    monkeypatch.setattr(memory, "available_memory", lambda: 10 << 30)
-    monkeypatch.setattr(memory, "resident_bytes", lambda: 1 << 30)
-    assert MemoryBudget().total() == (1 << 30) + int((10 << 30) * memory.AVAILABLE_SHARE)
-    assert MemoryBudget().room() == int((10 << 30) * memory.AVAILABLE_SHARE)
-    assert MemoryBudget(share=2).room() == int((10 << 30) * memory.AVAILABLE_SHARE) / 2
+    _machine(monkeypatch, 10 << 30, 1 << 30)
+    assert MemoryBudget(4 << 30).total() == 4 << 30
+    assert MemoryBudget(4 << 30).room() == 3 << 30
     assert MemoryBudget(4 << 30, share=2).room() == 3 << 29  # what the process does not hold, halved
+
+
+def test_the_default_budget_is_1_5_gib_per_worker_on_a_large_machine(monkeypatch):
+    assert memory.DEFAULT_BUDGET == 3 << 29
+    _machine(monkeypatch, 20 << 30, 100 << 20)
+    assert MemoryBudget().total() == 3 << 29
+    assert MemoryBudget().room() == (3 << 29) - (100 << 20)
+    assert MemoryBudget(share=2).total() == 3 << 30
+    assert MemoryBudget(share=2).room() == ((3 << 30) - (100 << 20)) / 2
+    _machine(monkeypatch, None, 100 << 20)  # a machine that does not say what it has
+    assert MemoryBudget().total() == 3 << 29
+
+
+def test_the_default_budget_never_takes_more_than_a_share_of_what_is_available(monkeypatch):
+    _machine(monkeypatch, 1 << 30, 100 << 20)
+    assert MemoryBudget().total() == (100 << 20) + int((1 << 30) * memory.AVAILABLE_SHARE) < memory.DEFAULT_BUDGET
+    assert MemoryBudget().room(need=4 << 30) == int((1 << 30) * memory.AVAILABLE_SHARE)
+    assert MemoryBudget(share=2).total() == MemoryBudget().total()
+
+
+def test_a_default_budget_grants_what_no_tiling_reduces_where_the_machine_has_it(monkeypatch):
+    _machine(monkeypatch, 20 << 30, 100 << 20)
+    assert MemoryBudget().room(need=3 << 30) == 3 << 30
+    assert MemoryBudget().room(need=1 << 20) == (3 << 29) - (100 << 20)  # never less than the default
+    assert MemoryBudget(3 << 29).room(need=3 << 30) == (3 << 29) - (100 << 20)  # --max-memory is a limit
+
+
+def test_default_plans_tile_8k_as_1_5g_does_and_still_code_12k(monkeypatch):
+    _machine(monkeypatch, 20 << 30, 100 << 20)
+    for plan in (plan_analysis, plan_synthesis):
+        assert plan(ARCH, N, M, 4320, 7680, MemoryBudget()) == plan(ARCH, N, M, 4320, 7680, MemoryBudget(3 << 29))
+        assert plan(ARCH, N, M, 1080, 1920, MemoryBudget()).whole
+        # 12000x9000: the whole-latent stages alone need more than 1.5 GiB; the default grants it, a limit refuses
+        big = plan(ARCH, N, M, 9000, 12000, MemoryBudget())
+        assert not big.whole and big.estimate > 3 << 29
+        with pytest.raises(MemoryBudgetError, match="whole-latent stages"):
+            plan(ARCH, N, M, 9000, 12000, MemoryBudget(3 << 29))
 
 
 @pytest.fixture

@@ -109,6 +109,28 @@ def test_decode_does_not_replace_the_original_next_to_the_stream(tmp_path: Path)
     assert photo.read_bytes() != before  # --force replaces it, as asked
 
 
+@pytest.mark.parametrize("command,suffix", [("encode", ".ckbd"), ("encode --json", ".json"), ("decode", ".png"),
+                                            ("train", ".pt")])
+def test_an_existing_output_is_exit_code_1_for_every_command(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             command: str, suffix: str) -> None:
+    """One rule for "output exists" (ckbd.errors.OutputExistsError): exit 1, the file untouched."""
+    photo = _png(tmp_path / "a.png")
+    assert _cli("encode", str(photo), "-o", str(tmp_path / "a.ckbd")) == 0
+    existing = tmp_path / f"existing{suffix}"
+    existing.write_bytes(b"precious")
+    if command == "train":
+        pytest.importorskip("torch")
+        args = ["train", "--data", str(tmp_path), "-o", str(existing)]
+    else:
+        source = photo if command.startswith("encode") else tmp_path / "a.ckbd"
+        target = ["--json", str(existing), "-o", str(tmp_path / "b.ckbd")] if "--json" in command else ["-o", str(existing)]
+        args = [command.split()[0], str(source), *target]
+    capsys.readouterr()
+    assert _cli(*args) == 1
+    assert existing.read_bytes() == b"precious"
+    assert "already exists" in capsys.readouterr().err
+
+
 def test_encode_onto_its_own_input_is_refused_with_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     photo = _png(tmp_path / "a.png")
     before = photo.read_bytes()

@@ -83,7 +83,7 @@ def encode(image: ImageInput, *, model: ModelInput = None, backend: str = "onnxr
     16-bit and float to 8 bits, the EXIF orientation applied), silently. ``model`` is an exported
     model directory (the shipped model when None); ``backend`` onnxruntime, tensorrt or torch;
     ``threads`` the CPU threads (0: all cores); ``max_memory`` the peak-memory budget in bytes or
-    as ``"4G"`` (default: half of what the machine has free). A path's size is checked against the
+    as ``"4G"`` (default: 1.5 GiB, at most half of what the machine has free). A path's size is checked against the
     budget before its pixels are decoded. Raises :class:`~ckbd.errors.CkbdError` subclasses (see
     the module docstring).
     """

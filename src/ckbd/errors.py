@@ -18,6 +18,11 @@ class UsageError(CkbdError):
     cannot be written, a conflicting option); found before any work starts. Exit code 2."""
 
 
+class OutputExistsError(CkbdError):
+    """An output file exists and the command was not told to replace it (``--force``). Exit code 1
+    for every command: the command line is valid, the file is refused, as one file of a batch is."""
+
+
 class Interrupted(CkbdError):
     """A long job stopped on a signal after saving what it had (exit code 128 + the signal)."""
 

@@ -4,7 +4,8 @@ This is the single place where an error becomes a one-line message and an exit c
 
 ====  ==================================================================================
 0     success
-1     failure: bad input file, wrong model, missing extra, a file of a batch that failed
+1     failure: bad input file, wrong model, missing extra, an output that exists (without --force),
+      a file of a batch that failed
 2     usage: the parser's errors and ckbd's own argument checks (:class:`UsageError`)
 130   interrupted (Ctrl-C); 128 + N after signal N (a training run saves first)
 ====  ==================================================================================
@@ -30,13 +31,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Each module exposes ``register(app)``. None imports torch, onnx or onnxruntime at module level:
+# Each module (or group package: bench, check) exposes ``register(app)``. None imports torch, onnx or onnxruntime at module level:
 # they import heavy dependencies inside the command bodies, so `ckbd --help` stays fast.
 COMMAND_MODULES = (
-    "codec", "info", "train", "export_cmd", "profile", "bench", "bench_codecs", "build", "calibrate", "eval", "study",
-    "serve", "check", "ship",
-    "check_roundtrip", "check_determinism", "check_gpu", "check_fuzz", "bench_entropy_params", "bench_serving",
-    "bench_memory", "check_tiling", "bench_int8", "bench_ops",
+    "codec", "info", "train", "export_cmd", "profile", "bench", "build", "calibrate", "eval", "study", "serve",
+    "check", "ship",
 )
 
 _state = {"debug": False}

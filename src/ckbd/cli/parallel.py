@@ -28,8 +28,8 @@ JobsOption = typer.Option(1, "--jobs", "-j", min=1,
                           help="Files coded at once, each worker with its own codec and a share of the threads.")
 MaxMemoryOption = typer.Option(
     None, "--max-memory",
-    help="Peak memory budget, e.g. 4G or 1500M (default: half the memory available now); "
-         "images that do not fit whole are coded in tiles.")
+    help="Peak memory budget, e.g. 4G or 1500M (default: 1.5G per job, at most half the memory available "
+         "now); images that do not fit whole are coded in tiles, at the same speed.")
 
 
 def thread_share(threads: int, jobs: int) -> int:

@@ -29,8 +29,8 @@ def repo_command(
     max_pixels: int = typer.Option(None, "--max-pixels", help="Largest image a request may decode or encode."),
     max_bytes: int = typer.Option(None, "--max-bytes", help="Largest bitstream a request may send."),
     max_memory: str = typer.Option(None, "--max-memory",
-                                   help="Peak-memory budget per instance, e.g. 2G (default: half the memory "
-                                        "available); larger images are tiled, or refused."),
+                                   help="Peak-memory budget per instance, e.g. 2G (default: 1.5G, at most half "
+                                        "the memory available); larger images are tiled, or refused."),
     cpu: bool = typer.Option(False, "--cpu", help="With --split: put the stage models on CPU instead of GPU."),
 ) -> None:
     """Write a Triton model repository with ckbd_decode and ckbd_encode."""

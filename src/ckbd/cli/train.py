@@ -8,7 +8,7 @@ import typer
 
 from ckbd.cli.options import QuietOption, check_input_dir, check_writable
 from ckbd.data_paths import default_train_dir
-from ckbd.errors import UsageError
+from ckbd.errors import OutputExistsError
 
 
 def register(app: typer.Typer) -> None:
@@ -63,6 +63,6 @@ def train_command(
     check_input_dir(data, "--data")
     check_writable(out, "--out")
     if out.exists() and not (resume or force):
-        raise UsageError(f"{out} already exists; continue it with --resume or start over with --force")
+        raise OutputExistsError(f"{out} already exists; continue it with --resume or start over with --force")
     trainer = train(config, data or default_train_dir(), out, resume=resume, progress=not quiet, expect=given)
     typer.echo(f"{out}: {trainer.step} steps, {trainer.elapsed_s / 60:.1f} min of training")

@@ -51,7 +51,7 @@ class RepoOptions:
     threads: int = 1  # ONNX Runtime threads per Python instance
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES
-    max_memory: int | None = None  # peak-memory budget per instance (None: half the memory available)
+    max_memory: int | None = None  # peak-memory budget per instance (None: the default, 1.5 GiB capped by the machine)
     gpu: bool = True  # instance groups of the production stage models on GPU
 
 

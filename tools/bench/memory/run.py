@@ -79,7 +79,7 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
         codec.synthesise_image = lambda run, model, a, n, h, w: np.full((h, w, 3), 1, np.uint8)  # type: ignore[attr-defined]
     m = coder.manifest
     planner = plan_analysis if cls is codec.Encoder else plan_synthesis
-    budget = coder.model.memory.total()  # what this job plans with (the default: from free memory now)
+    budget = coder.model.memory.total()  # what this job plans with (the default: 1.5 GiB, capped by free memory)
     try:
         found = planner(m.arch, m.N, m.M, height, width, coder.model.memory)
         plan = "whole" if found.whole else f"tiles {found.core_rows}x{found.core_cols} +{found.halo}"
