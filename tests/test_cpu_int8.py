@@ -167,7 +167,7 @@ def test_conv_gflop_counts_conv_and_transposed_conv() -> None:
     pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
-    from ckbd.tools.op_profile import conv_gflop
+    from ckbd.tools.bench.ops import conv_gflop
 
     w1 = numpy_helper.from_array(np.zeros((8, 4, 3, 3), np.float32), "w1")
     w2 = numpy_helper.from_array(np.zeros((8, 2, 5, 5), np.float32), "w2")  # (Cin, Cout, k, k)
@@ -182,7 +182,7 @@ def test_conv_gflop_counts_conv_and_transposed_conv() -> None:
 
 
 def test_peak_probe_reports_both_rates() -> None:
-    from ckbd.tools.peak_probe import measure_peak
+    from ckbd.tools.report.peak_probe import measure_peak
 
     result = measure_peak(threads=1, size=64, runs=1, min_seconds=0)
     assert result.fp32_gflops > 0 and result.int8_gops > 0 and result.threads == 1

@@ -237,7 +237,7 @@ def test_cli_torch_backend_decodes_an_onnx_stream_of_the_shipped_model(tmp_path:
 
 def test_determinism_check_reports_per_configuration(exported, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Exact configurations score clean; a mismatching one is a row of failures and flips, not a crash."""
-    from ckbd.tools.determinism_check import _ort, format_table, report_json, run_check
+    from ckbd.tools.check.determinism import _ort, format_table, report_json, run_check
 
     model, _, model_dir = exported
     other = tmp_path / "other"  # same weights, another calibration: other indexes, other fingerprint

@@ -18,7 +18,7 @@ def info_command(
     """Summarize a .ckbd file without decoding it: format, model, image size, rate, payload sizes."""
     from ckbd.cli.info_format import format_text, summarize
     from ckbd.runtime.stream_io import read_stream
-    from ckbd.tools.jsonfile import dumps
+    from ckbd.tools.report.jsonfile import dumps
 
     # Header first; the payloads are only counted (a file's size, stdin in chunks), never held.
     stream = read_stream(file, max_pixels=None, payloads=False)

@@ -27,7 +27,7 @@ def check_plot_path(path: Path | None, option: str = "--plot") -> None:
     """Before any work: the plot's folder is writable, matplotlib is installed and writes this suffix."""
     if path is None:
         return
-    from ckbd.tools.plots import check_plot_format
+    from ckbd.tools.report.plots import check_plot_format
 
     check_writable(path, option)
     check_plot_format(path, option)
