@@ -226,4 +226,4 @@ def test_profile_reports_rates_at_a_precision(cpu_model: Path) -> None:
     r = _ckbd("profile", str(IMAGES[0]), "--model", str(cpu_model), "--precision", "int8", "--peak",
               "-r", "1", "--threads", "1")
     assert r.returncode == 0, r.stderr
-    assert "(int8)" in r.stdout and "u8s8 GOP/s" in r.stdout and "fp32 GFLOP/s" in r.stdout  # synthesis int8 only
+    assert "(cpu, int8)" in r.stdout and "u8s8 GOP/s" in r.stdout and "fp32 GFLOP/s" in r.stdout  # synthesis int8 only

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Union
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Union, cast
 
 from ckbd.errors import CkbdError, ImageError, ResourceError
 
@@ -260,12 +260,12 @@ def _pixels(image: ImageInput, fits: Callable[[int, int], None]) -> np.ndarray:
                      "or a uint8 H x W x 3 array")
 
 
-def _stream_source(data: StreamInput) -> Path | IO[bytes]:
+def _stream_source(data: StreamInput) -> Path | BinaryIO:
     """A path or a binary file object for ``read_stream`` (bytes are wrapped, not copied twice)."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         return io.BytesIO(data)
     if isinstance(data, (str, os.PathLike)):
         return Path(data)
     if hasattr(data, "read"):
-        return data
+        return cast(BinaryIO, data)
     raise CkbdError(f"cannot decode a {type(data).__name__}: give bytes, a .ckbd path or a binary file")

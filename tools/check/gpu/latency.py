@@ -91,7 +91,7 @@ def _model_rows(checked: CheckedModel, source: np.ndarray, plan: LatencyPlan, cl
             encoded = encoder.encode_detailed(image, estimate=False)
             fp32_image, fp32_psnr = None, None
             for precision in plan.precisions:
-                row = {"model": checked.name, "size": str(size), "precision": precision,
+                row: dict[str, Any] = {"model": checked.name, "size": str(size), "precision": precision,
                        "stream_bytes": len(encoded.data)}
                 try:
                     if precision not in decoders:

@@ -27,6 +27,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -317,7 +318,7 @@ def _throughput(models: list[CheckedModel], references: list[Reference], device:
         else:
             with open_codec(Encoder, checked, device) as encoder:
                 streams = [encoder.encode(ref.image) for ref in references]
-        rows.append(run_throughput(checked.name, streams, lambda c=checked: open_codec(Decoder, c, device), device))
+        rows.append(run_throughput(checked.name, streams, partial(open_codec, Decoder, checked, device), device))
         steps.tick(f"throughput {checked.name}")
     return {"skipped": None, "ok": all("error" not in r for r in rows), "rows": rows}
 
