@@ -11,24 +11,27 @@ import typer
 from ckbd.cli.batch import expand_inputs, finish, run_batch
 from ckbd.cli.codec_options import (
     BackendOption,
+    CoderThreadsOption,
+    DeviceOption,
     ForceOption,
     ModelOption,
     PrecisionOption,
     ThreadsOption,
-    open_codec,
 )
 from ckbd.cli.options import QuietOption
 from ckbd.cli.outputs import check_output, is_stdout, pair_outputs, plan_outputs, write_output
-from ckbd.cli.parallel import (
+from ckbd.cli.run_plan import (
+    AddressOption,
+    CodecOptions,
+    ConcurrencyOption,
+    EngineOption,
     JobsOption,
     MaxMemoryOption,
-    check_jobs,
-    memory_budget,
-    parallel_work,
-    per_worker,
-    thread_share,
+    Opener,
+    Placement,
+    RunPlan,
+    ServerOption,
 )
-from ckbd.cli.scale import AddressOption, ConcurrencyOption, EngineOption, ServerOption, codec_handle, scaled_work
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,6 +52,9 @@ def encode_command(
     model: Path = ModelOption,
     backend: str = BackendOption,
     threads: int = ThreadsOption,
+    coder_threads: int = CoderThreadsOption,
+    precision: str = PrecisionOption,
+    device: str = DeviceOption,
     with_psnr: bool = typer.Option(False, "--psnr", help="Also decode each result and report PSNR."),
     json_path: Path = typer.Option(None, "--json", help="Write a per-image summary (bytes, bpp, PSNR)."),
     jobs: int = JobsOption,
@@ -60,29 +66,23 @@ def encode_command(
     quiet: bool = QuietOption,
 ) -> None:
     """Compress images to .ckbd files (folders are searched recursively; -o FOLDER keeps their layout)."""
-    from ckbd.runtime.codec import Decoder, Encoder
     from ckbd.runtime.imageio import IMAGE_SUFFIXES
-    from ckbd.runtime.package import ModelPackage
+    from ckbd.runtime.metrics import psnr
     from ckbd.runtime.rate import bits_per_pixel
-    from ckbd.tools.metrics import psnr
 
     inputs = expand_inputs(images, IMAGE_SUFFIXES)
     pairs = pair_outputs(inputs, out, SUFFIX, images)
     check_output(json_path, force, inputs)
-    plan = plan_outputs(pairs, force)
-    check_jobs(jobs, server, engine)
-    budget, share = memory_budget(max_memory, jobs), thread_share(threads, jobs)
-    # Run here: the package is opened once, for the codecs and for the budget check of each image header.
-    local = server is None and engine == "local" and not (model is not None and model.is_file())
-    source = ModelPackage.open(model) if local else model
-    encoder = codec_handle("encode", per_worker(lambda: open_codec(Encoder, source, backend, share, memory=budget), jobs),
-                           server, engine)
-    decoder = (codec_handle("decode", per_worker(lambda: open_codec(Decoder, source, backend, share, memory=budget),
-                                                 jobs), server, engine)
-               if with_psnr else None)
-    size_check = _budget_check(source.manifest, budget) if isinstance(source, ModelPackage) else None
+    outputs = plan_outputs(pairs, force)
+    run = RunPlan(CodecOptions(model, backend, threads, precision, device, coder_threads, max_memory),
+                  Placement(jobs, server, concurrency, engine, address))
+    size_check = None if run.package is None else _budget_check(run.package.manifest, run.budget)
 
-    def work(src: Path, dst: Path) -> dict[str, Any]:
+    def codecs(open_codec: Opener) -> tuple[Any, Any]:
+        return open_codec("encode"), open_codec("decode") if with_psnr else None
+
+    def work(coders: tuple[Any, Any], src: Path, dst: Path) -> dict[str, Any]:
+        encoder, decoder = coders
         image = _read_input_image(src, size_check)
         data = encoder.encode(image)
         write_output(dst, data, force)
@@ -91,8 +91,7 @@ def encode_command(
             row["psnr"] = psnr(image, decoder.decode(data))
         return row
 
-    report = run_batch(plan.jobs, parallel_work(plan.jobs, scaled_work(plan.jobs, work, engine, address, server,
-                                                                        concurrency), jobs), "encode", plan.refused)
+    report = run_batch(outputs.jobs, run.map(outputs.jobs, work, codecs), "encode", outputs.refused)
     for r in report.results:
         extra = f", {r['psnr']:.2f} dB" if "psnr" in r else ""
         typer.echo(f"{r['file']} -> {r['output']}: {r['bytes']} bytes, {r['bpp']:.4f} bpp{extra}", err=_to_stdout(pairs))
@@ -109,7 +108,9 @@ def decode_command(
     model: Path = ModelOption,
     backend: str = BackendOption,
     threads: int = ThreadsOption,
+    coder_threads: int = CoderThreadsOption,
     precision: str = PrecisionOption,
+    device: str = DeviceOption,
     original: Path = typer.Option(None, "--original", help="Original image (or folder, matched by name) to report PSNR."),
     json_path: Path = typer.Option(None, "--json", help="Write a per-file summary (bytes, bpp, PSNR)."),
     jobs: int = JobsOption,
@@ -122,31 +123,28 @@ def decode_command(
 ) -> None:
     """Decompress .ckbd files to images (folders are searched recursively; -o FOLDER keeps their layout)."""
     from ckbd.errors import CkbdError
-    from ckbd.runtime.codec import Decoder
     from ckbd.runtime.imageio import OutputFormat, image_bytes, output_format
+    from ckbd.runtime.metrics import psnr
     from ckbd.runtime.rate import bits_per_pixel
     from ckbd.runtime.stream_io import read_stream
-    from ckbd.tools.metrics import psnr
 
     inputs = expand_inputs(files, {SUFFIX})
     suffix = f".{image_format.lower().lstrip('.')}" if image_format else ".png"
     pairs = pair_outputs(inputs, out, suffix, files)
     check_output(json_path, force, inputs)
     originals = {src: ref for src in inputs if (ref := _original_for(src, original)) is not None}
-    plan = plan_outputs(pairs, force, protected=originals)
+    outputs = plan_outputs(pairs, force, protected=originals)
     formats: dict[Path, OutputFormat] = {}
-    for src, dst in list(plan.jobs):
+    for src, dst in list(outputs.jobs):
         try:
             formats[dst] = output_format(None if is_stdout(dst) else dst, image_format)
         except CkbdError as exc:
-            plan.jobs.remove((src, dst))
-            plan.refused.append((src, str(exc)))
-    check_jobs(jobs, server, engine)
-    budget, share = memory_budget(max_memory, jobs), thread_share(threads, jobs)
-    decoder = codec_handle("decode", per_worker(lambda: open_codec(Decoder, model, backend, share, precision,
-                                                                   memory=budget), jobs), server, engine)
+            outputs.jobs.remove((src, dst))
+            outputs.refused.append((src, str(exc)))
+    run = RunPlan(CodecOptions(model, backend, threads, precision, device, coder_threads, max_memory),
+                  Placement(jobs, server, concurrency, engine, address))
 
-    def work(src: Path, dst: Path) -> dict[str, Any]:
+    def work(decoder: Any, src: Path, dst: Path) -> dict[str, Any]:
         stream = read_stream(src, decoder.max_pixels, check=decoder.check_header)
         ref = originals.get(src)
         reference = None if ref is None else _reference(ref, src, stream.header)
@@ -157,8 +155,8 @@ def decode_command(
             row["psnr"] = psnr(reference, image)
         return row
 
-    report = run_batch(plan.jobs, parallel_work(plan.jobs, scaled_work(plan.jobs, work, engine, address, server,
-                                                                        concurrency), jobs), "decode", plan.refused)
+    report = run_batch(outputs.jobs, run.map(outputs.jobs, work, lambda open_codec: open_codec("decode")), "decode",
+                       outputs.refused)
     for r in report.results:
         extra = f", {r['psnr']:.2f} dB" if "psnr" in r else ""
         typer.echo(f"{r['file']} -> {r['output']}{extra}", err=_to_stdout(pairs))
