@@ -50,6 +50,7 @@ from ckbd.export.torch_device import (
 from ckbd.models.architectures import CheckerboardModel, HyperpriorModel
 from ckbd.runtime.backend import Backend, ClosingBackend, Runner, Tensor, to_host
 from ckbd.runtime.intparams import INTEGER_PARAMS_NAME, IntegerParams
+from ckbd.runtime.memory import MemoryBudget
 from ckbd.runtime.package import ModelPackage, default_checkpoint
 from ckbd.runtime.self_check import cuda_identity, guard_integer_runner
 from ckbd.runtime.stages import ANALYSIS, LATENT_SYNTHESIS, STAGE_IO, TensorSpec
@@ -283,12 +284,14 @@ def load_integer_params(source: IntegerParams | Path | str | None) -> IntegerPar
 
 
 def open_reference(cls: type[C], checkpoint_or_model: HyperpriorModel | Path | str,
-                   integer_params: IntegerParams | Path | None = None, **backend_options: object) -> C:
+                   integer_params: IntegerParams | Path | None = None, memory: MemoryBudget | None = None,
+                   coder_threads: int = 0, **backend_options: object) -> C:
     """An :class:`~ckbd.runtime.codec.Encoder` or ``Decoder`` (``cls``) running a checkpoint on torch,
     without an export (its package built in memory); ``backend_options`` go to :class:`TorchBackend`."""
     from ckbd.runtime.model import CodecModel
 
     package, backend = checkpoint_package(checkpoint_or_model, integer_params, **backend_options)
     stages = cls.STAGES  # type: ignore[attr-defined]
-    return cls(CodecModel.open(package, backend, stages=stages, owns_backend=True))  # type: ignore[call-arg]
+    model = CodecModel.open(package, backend, stages=stages, owns_backend=True, memory=memory)
+    return cls(model, coder_threads=coder_threads)  # type: ignore[call-arg]
 

@@ -1,7 +1,9 @@
 """The ckbd file format, version 2: a fixed little-endian header followed by three opaque payloads.
 
 Version 2 added one flag bit saying which entropy-parameter path coded the file (integer or
-float, see docs/DETERMINISM.md); version 1 files have no flags and decode with float models.
+float, see docs/DETERMINISM.md); version 1 files have no flags and decode with float models. A
+second version-2 flag says that the y payloads are cut into substreams (:mod:`ckbd.runtime.substreams`);
+files without it are laid out exactly as before.
 
 This module owns only the container. The payloads (z, anchors, non-anchors, in decoding order)
 are whatever the range coder produced; see ``docs/BITSTREAM.md`` for the byte layout and for how
@@ -19,8 +21,6 @@ import zlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import numpy as np
-
 from ckbd.errors import BitstreamError, ModelError, ModelMismatchError
 from ckbd.runtime.manifest import ARCH_IDS
 from ckbd.runtime.stages import PAD_MULTIPLE, Y_STRIDE, Z_STRIDE
@@ -32,8 +32,10 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 #: Flag bit: the scale indexes and means came from the exact integer entropy-parameter graphs.
 FLAG_INTEGER_PARAMS = 0x01
+#: Flag bit: each y payload starts with a table of contents of its substreams.
+FLAG_SUBSTREAMS = 0x02
 #: Flag bits this reader understands, per version.
-KNOWN_FLAGS = {1: 0, 2: FLAG_INTEGER_PARAMS}
+KNOWN_FLAGS = {1: 0, 2: FLAG_INTEGER_PARAMS | FLAG_SUBSTREAMS}
 INTEGER_PATH, FLOAT_PATH = "integer", "float"  # entropy-parameter path names, as in the manifest
 #: Largest padded image ``unpack`` accepts unless told otherwise (16384 x 16384): a guard against absurd
 #: headers; the memory budget (``ckbd.runtime.memory``) refuses what this machine cannot decode.
@@ -101,25 +103,6 @@ def fingerprint_bytes(fingerprint_hex: str) -> bytes:
     return raw
 
 
-def symbols_crc32(*arrays: np.ndarray) -> int:
-    """CRC32 of the arrays' values as int32 little-endian, in C order, fed one after another.
-
-    The codec passes z symbols, then anchor symbols, then non-anchor symbols. Hashing decoded
-    symbols (not payload bytes) also catches an encoder/decoder that disagree on the indexes.
-    """
-    crc = 0
-    for array in arrays:
-        values = np.asarray(array)
-        if values.dtype.kind not in "iu":
-            raise TypeError(f"symbols must be integers, got {values.dtype}")
-        if values.dtype != np.dtype("<i4"):
-            if values.size and (values.min() < -(2**31) or values.max() >= 2**31):
-                raise ValueError("symbols do not fit in int32")
-            values = values.astype("<i4")
-        crc = zlib.crc32(np.ascontiguousarray(values).data, crc)
-    return crc
-
-
 @dataclass(frozen=True)
 class Header:
     """Everything needed to check a file against a model and to size the decoder's buffers."""
@@ -149,6 +132,11 @@ class Header:
     def entropy_params(self) -> str:
         """Which entropy-parameter path coded the file: ``integer`` or ``float``."""
         return INTEGER_PATH if self.flags & FLAG_INTEGER_PARAMS else FLOAT_PATH
+
+    @property
+    def substreams(self) -> bool:
+        """Whether the y payloads carry tables of contents (several substreams per pass)."""
+        return bool(self.flags & FLAG_SUBSTREAMS)
 
     @property
     def fingerprint_hex(self) -> str:
@@ -208,6 +196,7 @@ class Bitstream:
         anchors: bytes,
         nonanchors: bytes,
         entropy_params: str = FLOAT_PATH,
+        substreams: bool = False,
     ) -> Bitstream:
         """The encoder's constructor: derives the latent shapes and payload lengths itself."""
         shapes = latent_shapes(height, width)
@@ -226,7 +215,8 @@ class Bitstream:
             anchor_length=len(anchors),
             nonanchor_length=len(nonanchors),
             symbols_crc=symbols_crc,
-            flags=FLAG_INTEGER_PARAMS if entropy_params == INTEGER_PATH else 0,
+            flags=(FLAG_INTEGER_PARAMS if entropy_params == INTEGER_PATH else 0)
+            | (FLAG_SUBSTREAMS if substreams else 0),
         )
         return cls(header, bytes(z), bytes(anchors), bytes(nonanchors))
 
@@ -288,6 +278,12 @@ def unpack(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Bitstream:
             f"trailing garbage: expected {expected} payload bytes, found {found} "
             f"({found - expected} extra)"
         )
+    return split_payloads(header, data)
+
+
+def split_payloads(header: Header, data: bytes) -> Bitstream:
+    """The payloads of a whole file whose header and length were validated (by :func:`unpack`, or by
+    ``stream_io.read_stream`` as it read the file)."""
     a = HEADER_SIZE + header.z_length
     b = a + header.anchor_length
     return Bitstream(header, bytes(data[HEADER_SIZE:a]), bytes(data[a:b]), bytes(data[b:]))

@@ -21,9 +21,10 @@ import numpy as np
 
 from ckbd.errors import BitstreamError, ImageError, ModelError
 from ckbd.runtime import bitstream as bs
+from ckbd.runtime import substreams
 from ckbd.runtime.backend import Backend, Tensor, to_host
 from ckbd.runtime.coder import dequantize, quantize
-from ckbd.runtime.memory import plan_synthesis
+from ckbd.runtime.memory import MemoryBudget, plan_synthesis
 from ckbd.runtime.model import CodecModel
 from ckbd.runtime.package import ModelPackage
 from ckbd.runtime.profiling import (
@@ -43,6 +44,8 @@ from ckbd.runtime.stages import (
     HYPER_SYNTHESIS,
     NONANCHOR_PARAMS,
 )
+from ckbd.runtime.stream_io import StreamData
+from ckbd.runtime.symbols_crc import symbols_crc32
 from ckbd.runtime.tiling import analyse_image, network_input, synthesise_image
 
 #: Coding callback for one half: (indexes, means) -> integer symbols.
@@ -60,7 +63,7 @@ class Latents:
     nonanchor_hat: np.ndarray
 
     def crc32(self) -> int:
-        return bs.symbols_crc32(self.z_symbols, self.anchor_symbols, self.nonanchor_symbols)
+        return symbols_crc32(self.z_symbols, self.anchor_symbols, self.nonanchor_symbols)
 
     def equals(self, other: Latents) -> bool:
         """Bit-exact equality of every symbol and latent half."""
@@ -113,17 +116,21 @@ class _TwoPassSchedule:
 
 class _CodecBase:
     STAGES: tuple[str, ...] = ()
+    #: Threads that range-code the substreams of a pass (0: the cores this process may use).
+    coder_threads: int = 0
 
-    def __init__(self, model: CodecModel) -> None:
+    def __init__(self, model: CodecModel, coder_threads: int = 0) -> None:
         self.model = model
         self.manifest = model.manifest
+        self.coder_threads = coder_threads
 
     @classmethod
-    def open(cls, model: ModelPackage | Path | None = None, backend: str | Backend = "onnxruntime",
-             **options: object) -> Self:
+    def open(cls, model: ModelPackage | Path | None = None, backend: str | Backend = "onnxruntime", *,
+             memory: MemoryBudget | None = None, coder_threads: int = 0, **options: object) -> Self:
         """Load this direction's stages of a model (the shipped one when None) on a backend: by
-        name from the registry (``options`` go to it), or a backend object the caller closes."""
-        return cls(CodecModel.open(model, backend, stages=cls.STAGES, **options))
+        name from the registry (``options`` go to it), or a backend object the caller closes.
+        ``memory`` is the peak-memory budget, ``coder_threads`` the range coder's threads."""
+        return cls(CodecModel.open(model, backend, stages=cls.STAGES, memory=memory, **options), coder_threads=coder_threads)
 
     def close(self) -> None:
         """Free the runners, and the backend when it was opened by name; idempotent."""
@@ -162,13 +169,13 @@ class Encoder(_CodecBase):
         z_indexes = self._z_indexes(z_symbols.shape)
         with timer.stage(Z_ENCODE):
             z_payload = z_coder.encode(z_symbols, z_indexes)
-        payloads: dict[str, bytes] = {}
+        payloads: dict[str, list[bytes]] = {}
         bits = [z_coder.estimate_bits(z_symbols, z_indexes)] if estimate else []
 
         def coder_for(y: np.ndarray, name: str) -> CodeHalf:
             def code(indexes: np.ndarray, means: np.ndarray) -> np.ndarray:
                 symbols = quantize(y, means)
-                payloads[name] = y_coder.encode(symbols, indexes)
+                payloads[name] = substreams.encode_pass(y_coder, symbols, indexes, self.coder_threads)
                 if estimate:
                     bits.append(y_coder.estimate_bits(symbols, indexes))
                 return symbols
@@ -180,11 +187,12 @@ class Encoder(_CodecBase):
         n_sym, n_hat = sched.half(NONANCHOR_PARAMS, {"hyper": hyper, "anchor_hat": a_hat},
                                   coder_for(y_nonanchor, "nonanchor"), NONANCHOR_ENCODE, y_nonanchor.shape)
         latents = Latents(z_symbols, a_sym, n_sym, a_hat, n_hat)
+        anchors, nonanchors, split = substreams.join(payloads["anchor"], payloads["nonanchor"])
         data = bs.pack(bs.Bitstream.build(
             height=height, width=width, arch_id=self.manifest.arch_id, fingerprint_hex=self.manifest.fingerprint,
             N=self.manifest.N, M=self.manifest.M, symbols_crc=latents.crc32(),
-            z=z_payload, anchors=payloads["anchor"], nonanchors=payloads["nonanchor"],
-            entropy_params=self.manifest.entropy_params,
+            z=z_payload, anchors=anchors, nonanchors=nonanchors,
+            entropy_params=self.manifest.entropy_params, substreams=split,
         ))
         return EncodeResult(data, latents, float(sum(bits)) if estimate else None, dict(timer.times_ms))
 
@@ -194,15 +202,20 @@ class Decoder(_CodecBase):
 
     STAGES = DECODER_STAGES
 
-    def __init__(self, model: CodecModel, max_pixels: int = bs.DEFAULT_MAX_PIXELS) -> None:
-        super().__init__(model)
+    def __init__(self, model: CodecModel, max_pixels: int = bs.DEFAULT_MAX_PIXELS, coder_threads: int = 0) -> None:
+        super().__init__(model, coder_threads)
         self.max_pixels = max_pixels
 
-    def decode(self, data: bytes) -> np.ndarray:
+    def decode(self, data: bytes | StreamData) -> np.ndarray:
         return self.decode_detailed(data).image
 
-    def read_header(self, data: bytes) -> bs.Bitstream:
-        """Parse and validate the container against this model before anything is allocated."""
+    def read_header(self, data: bytes | StreamData) -> bs.Bitstream:
+        """Parse and validate the container against this model before anything is allocated; a stream
+        ``read_stream`` read with this decoder's :meth:`check_header` is parsed and checked once only."""
+        if isinstance(data, StreamData):
+            if data.checked_by != self.check_header:
+                self.check_header(data.header)
+            return bs.split_payloads(data.header, data.data)
         stream = bs.unpack(data, max_pixels=self.max_pixels)
         self.check_header(stream.header)
         return stream
@@ -214,22 +227,24 @@ class Decoder(_CodecBase):
         bs.check_model(header, m.arch_id, m.fingerprint, m.N, m.M, m.entropy_params)
         plan_synthesis(m.arch, m.N, m.M, header.height, header.width, self.model.memory)
 
-    def decode_detailed(self, data: bytes, timer: StageTimer | None = None) -> DecodeResult:
+    def decode_detailed(self, data: bytes | StreamData, timer: StageTimer | None = None) -> DecodeResult:
         timer = timer or NullTimer()
         stream = self.read_header(data)
         header = stream.header
-        y_coder = self.model.y_coder
+        y_coder, threads = self.model.y_coder, self.coder_threads
         sched = _TwoPassSchedule(self.model, timer)
+
+        def reader(payload: bytes) -> CodeHalf:
+            return lambda idx, _: substreams.decode_pass(y_coder, payload, idx, header.substreams, threads)
+
         with timer.stage(Z_DECODE):
             z_symbols = self.model.z_coder.decode(stream.z, self._z_indexes(header.z_shape))
         hyper = sched.hyper(z_symbols)
         try:
-            a_sym, a_hat = sched.half(ANCHOR_PARAMS, {"hyper": hyper},
-                                      lambda idx, _: y_coder.decode(stream.anchors, idx), ANCHOR_DECODE,
+            a_sym, a_hat = sched.half(ANCHOR_PARAMS, {"hyper": hyper}, reader(stream.anchors), ANCHOR_DECODE,
                                       header.half_shape)
             n_sym, n_hat = sched.half(NONANCHOR_PARAMS, {"hyper": hyper, "anchor_hat": a_hat},
-                                      lambda idx, _: y_coder.decode(stream.nonanchors, idx), NONANCHOR_DECODE,
-                                      header.half_shape)
+                                      reader(stream.nonanchors), NONANCHOR_DECODE, header.half_shape)
         except BitstreamError as exc:
             if header.entropy_params == bs.INTEGER_PATH:
                 raise

@@ -41,16 +41,17 @@ class CodecModel:
     @classmethod
     def open(cls, model: ModelPackage | Path | None = None, backend: str | Backend = "onnxruntime",
              stages: tuple[str, ...] = ALL_STAGES, owns_backend: bool | None = None,
-             **backend_options: object) -> CodecModel:
+             memory: MemoryBudget | None = None, **backend_options: object) -> CodecModel:
         """Load ``stages`` of a model (a package, a directory, or the shipped model when None) on
         ``backend``: a name from the registry (then closing the model closes it), or a backend
-        object, which stays the caller's unless ``owns_backend``."""
+        object, which stays the caller's unless ``owns_backend``. ``memory``: the peak-memory budget
+        (default: :class:`~ckbd.runtime.memory.MemoryBudget`'s)."""
         package = ModelPackage.of(model)
         owned = isinstance(backend, str) if owns_backend is None else owns_backend
         engine = create_backend(backend, **backend_options) if isinstance(backend, str) else backend
         try:
             runners = {stage: engine.load(package, stage) for stage in stages}
-            return cls(package, engine, runners, owns_backend=owned)
+            return cls(package, engine, runners, owns_backend=owned, memory=memory or MemoryBudget())
         except BaseException:
             if owned:
                 engine.close()

@@ -20,11 +20,13 @@ from typing import BinaryIO
 
 from ckbd.errors import BitstreamError, CkbdError
 from ckbd.runtime import bitstream as bs
+from ckbd.runtime.substreams import MAX_SUBSTREAMS
 
 #: A range-coded symbol costs at most 24 bits for its table entry plus, when escaped, a 50-way
 #: header and two 12-bit mantissa chunks (see ``coder.py``): under 64 bits in all.
 MAX_BYTES_PER_SYMBOL = 8
-#: Per-payload allowance for the range coder's final words.
+#: Per-stream allowance for the range coder's final words (and a substream's length in its table
+#: of contents).
 PAYLOAD_SLACK = 64
 #: Name used in messages for standard input.
 STDIN_NAME = "<stdin>"
@@ -38,13 +40,17 @@ class StreamData:
     header: bs.Header
     data: bytes
     size: int  # bytes in the whole file
+    #: The ``check`` the header passed when read (a decoder's ``check_header``), so that decoding it does
+    #: not check it again.
+    checked_by: Callable[[bs.Header], None] | None = None
 
 
 def max_payload_bytes(header: bs.Header) -> int:
     """Most payload bytes a genuine encoder can write for the latents this header announces."""
     z_symbols = header.N * header.z_h * header.z_w
     y_symbols = header.M * header.y_h * header.y_w
-    return MAX_BYTES_PER_SYMBOL * (z_symbols + y_symbols) + 3 * PAYLOAD_SLACK
+    streams = 1 + 2 * MAX_SUBSTREAMS  # z, and each y pass in substreams
+    return MAX_BYTES_PER_SYMBOL * (z_symbols + y_symbols) + streams * PAYLOAD_SLACK
 
 
 def is_stdio(path: Path | str | None) -> bool:
@@ -86,7 +92,7 @@ def _read(fh: BinaryIO, name: str, max_pixels: int | None, check: Callable[[bs.H
             f"{header.height}x{header.width} image codes to at most {limit}"
         )
     if not payloads and left is not None:
-        return StreamData(header, head, bs.HEADER_SIZE + left)
+        return StreamData(header, head, bs.HEADER_SIZE + left, check)
     if payloads:
         body = _read_exact(fh, header.payload_size)
         found = len(body)
@@ -95,7 +101,7 @@ def _read(fh: BinaryIO, name: str, max_pixels: int | None, check: Callable[[bs.H
     if found == header.payload_size and _read_exact(fh, 1):
         raise BitstreamError(f"trailing garbage: expected {found} payload bytes, found more")
     _check_found(header.payload_size, found)
-    return StreamData(header, head + body, bs.HEADER_SIZE + found)
+    return StreamData(header, head + body, bs.HEADER_SIZE + found, check)
 
 
 def _check_found(expected: int, found: int) -> None:

@@ -122,7 +122,7 @@ def decode(data: StreamInput, *, model: ModelInput = None, backend: str = "onnxr
         shared = _shared(config)
         decoder = shared.codec
         stream = read_stream(_stream_source(data), decoder.max_pixels, check=decoder.check_header)
-        return _call(config, shared, lambda codec: codec.decode(stream.data))  # type: ignore[no-any-return]
+        return _call(config, shared, lambda codec: codec.decode(stream))  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -209,9 +209,7 @@ class _Config:
         budget = MemoryBudget(parse_memory(str(self.max_memory))) if self.max_memory is not None else None
         model = Path(self.model) if isinstance(self.model, str) else self.model
         codec = self.kind.open(model, self.backend, threads=self.threads,  # type: ignore[attr-defined]
-                              precision=self.precision)
-        if budget is not None:
-            codec.model.memory = budget
+                              precision=self.precision, memory=budget)
         if self.max_pixels is not None:
             codec.max_pixels = self.max_pixels
         return codec

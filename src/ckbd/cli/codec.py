@@ -148,7 +148,7 @@ def decode_command(
         stream = read_stream(src, decoder.max_pixels, check=decoder.check_header)
         ref = originals.get(src)
         reference = None if ref is None else _reference(ref, src, stream.header)
-        image = decoder.decode(stream.data)
+        image = decoder.decode(stream)  # the header read and checked above is not parsed again
         write_output(dst, image_bytes(image, formats[dst]), force)
         row: dict[str, Any] = {"bytes": stream.size, "bpp": bits_per_pixel(stream.size, *image.shape[:2])}
         if reference is not None:

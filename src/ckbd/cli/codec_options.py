@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
+
+if TYPE_CHECKING:
+    from ckbd.runtime.memory import MemoryBudget
 
 ModelOption = typer.Option(None, "--model", "-m",
                            help="Exported model directory (default: the shipped model). A checkpoint with --backend torch.")
@@ -93,7 +96,7 @@ def backend_options(backend: str, device: str | None = None, precision: str = "f
 
 
 def open_codec(cls: type[C], model: object, backend: str, threads: int = 0, precision: str = "fp32",
-               memory: object = None, device: str | None = None, timed: bool = False, coder_threads: int = 0) -> C:
+               memory: MemoryBudget | None = None, device: str | None = None, timed: bool = False, coder_threads: int = 0) -> C:
     """Open an Encoder or Decoder on a backend from the registry; ``memory`` is its ``MemoryBudget``,
     ``coder_threads`` its range coder's threads (0: the cores this process may use).
 
@@ -110,10 +113,6 @@ def open_codec(cls: type[C], model: object, backend: str, threads: int = 0, prec
                              "or run the checkpoint with --backend torch")
         from ckbd.export.torch_backend import open_reference
 
-        codec = open_reference(cls, model, **options)
-    else:
-        codec = cls.open(model, backend, threads=threads, **options)  # type: ignore[attr-defined]
-    if memory is not None:
-        codec.model.memory = memory  # type: ignore[attr-defined]
-    codec.coder_threads = coder_threads  # type: ignore[attr-defined]
-    return codec  # type: ignore[no-any-return]
+        return open_reference(cls, model, memory=memory, coder_threads=coder_threads, **options)
+    return cls.open(model, backend, threads=threads, memory=memory, coder_threads=coder_threads,  # type: ignore[attr-defined,no-any-return]
+                    **options)

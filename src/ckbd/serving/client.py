@@ -17,6 +17,7 @@ import numpy as np
 
 from ckbd.errors import CkbdError, ImageError, UsageError, require
 from ckbd.runtime.bitstream import DEFAULT_MAX_PIXELS
+from ckbd.runtime.stream_io import StreamData
 from ckbd.serving.repository import DECODE_MODEL, ENCODE_MODEL
 
 T = TypeVar("T")
@@ -119,8 +120,10 @@ class TritonDecoder:
     def check_header(self, header: object) -> None:
         """The server checks the stream against its model; nothing is known about that model here."""
 
-    def decode(self, data: bytes) -> np.ndarray:
-        image = self._client.infer("bitstream", np.array([[data]], dtype=np.object_), "BYTES", "image")
+    def decode(self, data: bytes | StreamData) -> np.ndarray:
+        """Decode on the server: the file's bytes, or a stream ``read_stream`` read (as a local decoder takes)."""
+        payload = data.data if isinstance(data, StreamData) else data
+        image = self._client.infer("bitstream", np.array([[payload]], dtype=np.object_), "BYTES", "image")
         return np.ascontiguousarray(image[0])
 
     def decode_many(self, streams: Sequence[bytes]) -> list[np.ndarray | CkbdError]:
