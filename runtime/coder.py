@@ -19,10 +19,15 @@ order), serialised as little-endian uint32 words:
 4. the high ``n - 12`` mantissa bits of every escape with ``n >= 13``.
 
 Escaped values are bounded by ``|value| <= MAX_MAGNITUDE`` (2**24) on both sides, so a corrupt
-stream can neither loop nor allocate more than the output array. Any failure inside
-constriction, an out-of-bound escape, or unread words left over (beyond the decoder's one word of
-lookahead) raises :class:`~ckbd.errors.BitstreamError`; garbage that happens to decode is left to
+stream can neither loop nor allocate more than the output array. Words outside the
+coder's range, an out-of-bound escape, or unread words left over (beyond the decoder's one word of
+lookahead) raise :class:`~ckbd.errors.BitstreamError`; garbage that happens to decode is left to
 the container's checksum.
+
+Two implementations write these words: the compiled coder (:mod:`ckbd.runtime.rangecoder`, which
+releases the GIL) where it is built, and constriction, which defines the format, everywhere. They
+produce the same bytes and raise the same errors (tests compare them). Both also code one row band
+of a pass (:meth:`IndexedCoder.encode_band`), the unit of :mod:`ckbd.runtime.substreams`.
 
 The tables' frequencies are handed to constriction's 24-bit models so that they are reproduced
 *exactly* (``probability = freq * 2**(24 - probability_bits)``, see :func:`_categorical`), which makes
@@ -31,11 +36,13 @@ The tables' frequencies are handed to constriction's 24-bit models so that they 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import constriction
 import numpy as np
 
 from ckbd.errors import BitstreamError
-from ckbd.runtime import grouping
+from ckbd.runtime import grouping, rangecoder
 from ckbd.runtime.entropy_tables import EntropyTables
 
 #: Largest |value| that may be coded through the escape path.
@@ -92,18 +99,28 @@ def _mantissa_chunks(n: np.ndarray) -> list[tuple[np.ndarray, int, np.ndarray]]:
 class IndexedCoder:
     """Range-codes int32 values, each under the table picked by its index.
 
-    Thread-safe: the models are immutable and the grouping buffers are per thread.
+    Thread-safe: the models are immutable and the grouping buffers are per thread. ``compiled=False``
+    codes through constriction even where the compiled coder is built (the reference, for tests).
     """
 
-    def __init__(self, tables: EntropyTables) -> None:
+    def __init__(self, tables: EntropyTables, compiled: bool = True) -> None:
         self.tables = tables
+        module = rangecoder.compiled if compiled else None
+        self._compiled = None if module is None else rangecoder.CompiledTables(tables, module)
         self._escape = (tables.lengths - 1).astype(np.int32)
         self._offsets = tables.offsets.astype(np.int32)
-        self._models = [
+        self._models = [] if self._compiled else [  # constriction's models, for its path only
             _categorical(tables.row(k), tables.probability_bits) for k in range(tables.num_tables)
         ]
         with np.errstate(divide="ignore"):
             self._neg_log2 = tables.probability_bits - np.log2(tables.freqs.astype(np.float64))
+        probs = tables.freqs / float(1 << tables.probability_bits)
+        self._entropy = (probs * np.where(tables.freqs > 0, self._neg_log2, 0.0)).sum(axis=1)  # bits/symbol
+
+    @property
+    def releases_gil(self) -> bool:
+        """Whether calls run on the compiled coder, so that threads code in parallel."""
+        return self._compiled is not None
 
     # -- public API -------------------------------------------------------------------------
 
@@ -115,7 +132,36 @@ class IndexedCoder:
         ``values`` must already be integers.
         """
         symbols = np.asarray(values) if offsets is None else quantize(values, offsets)
-        symbols, flat_idx = self._check(symbols, indexes)
+        symbols, flat_idx = self.check(symbols, indexes)
+        if self._compiled is not None:
+            return self._compiled.encode(symbols.reshape(1, 1, -1), flat_idx.reshape(1, 1, -1), (0, 1))
+        return self._encode_reference(symbols, flat_idx)
+
+    def encode_band(self, symbols: np.ndarray, indexes: np.ndarray, band: tuple[int, int]) -> bytes:
+        """:meth:`encode` of rows ``band`` of (outer, rows, width) arrays that :meth:`check` passed."""
+        if self._compiled is not None:
+            return self._compiled.encode(symbols, indexes, band)
+        r0, r1 = band
+        return self._encode_reference(symbols[:, r0:r1].ravel(), indexes[:, r0:r1].ravel())
+
+    def decode_bands(self, parts: Sequence[bytes], indexes: np.ndarray, out: np.ndarray,
+                     bands: Sequence[tuple[int, int]]) -> None:
+        """Decode each of :meth:`encode_band`'s ``parts`` into its rows ``bands`` of the int32 ``out``;
+        a failure is that of the first band that fails."""
+        if self._compiled is None:
+            for data, (r0, r1) in zip(parts, bands):
+                out[:, r0:r1] = self._decode_symbols(data, indexes[:, r0:r1])
+            return
+        for data, (r0, r1) in zip(parts, bands):  # the checks the single-stream path makes
+            self._nothing_to_decode(self._words(data), indexes[:, r0:r1].size)
+        self._compiled.decode(parts, indexes, out, bands)
+
+    def expected_bytes(self, indexes: np.ndarray) -> float:
+        """Size the tables' own entropies predict for symbols under flat int32 ``indexes`` (checked)."""
+        counts = np.bincount(indexes, minlength=self.tables.num_tables)
+        return float(counts @ self._entropy) / 8
+
+    def _encode_reference(self, symbols: np.ndarray, flat_idx: np.ndarray) -> bytes:
         if flat_idx.size == 0:
             return b""
         groups = grouping.group(flat_idx, self.tables.num_tables)
@@ -143,23 +189,33 @@ class IndexedCoder:
 
     def _decode_symbols(self, data: bytes, indexes: np.ndarray) -> np.ndarray:
         shape = np.shape(indexes)
-        flat_idx = self._check_indexes(indexes)
+        flat_idx = self.check_indexes(indexes)
         words = self._words(data)
-        if flat_idx.size == 0:
-            if words.size:
-                raise BitstreamError("coded data present where no symbols are expected")
+        if self._nothing_to_decode(words, flat_idx.size):
             return np.zeros(shape, dtype=np.int32)
+        if self._compiled is not None:
+            values = np.empty(flat_idx.size, dtype=np.int32)
+            self._compiled.decode([data], flat_idx.reshape(1, 1, -1), values.reshape(1, 1, -1), [(0, 1)])
+            return values.reshape(shape)
         try:
             values = self._decode_all(words, flat_idx)
         except BitstreamError:
             raise
-        except Exception as exc:  # constriction reports corrupt data as various exceptions
-            raise BitstreamError(f"corrupt entropy-coded data: {exc}") from None
+        except Exception:  # constriction's only decoding error: words outside the coder's range
+            raise BitstreamError(rangecoder.INVALID_DATA) from None
         return values.reshape(shape)
+
+    @staticmethod
+    def _nothing_to_decode(words: np.ndarray, num_symbols: int) -> bool:
+        if num_symbols:
+            return False
+        if words.size:
+            raise BitstreamError("coded data present where no symbols are expected")
+        return True
 
     def estimate_bits(self, symbols: np.ndarray, indexes: np.ndarray) -> float:
         """Ideal code length ``-sum(log2 p)`` under the integer tables, escape payloads included."""
-        symbols, flat_idx = self._check(np.asarray(symbols), indexes)
+        symbols, flat_idx = self.check(np.asarray(symbols), indexes)
         entries = symbols - self._offsets[flat_idx]
         escape = self._escape[flat_idx]
         escaped = (entries < 0) | (entries >= escape)
@@ -172,7 +228,8 @@ class IndexedCoder:
 
     # -- validation and grouping ------------------------------------------------------------
 
-    def _check_indexes(self, indexes: np.ndarray) -> np.ndarray:
+    def check_indexes(self, indexes: np.ndarray) -> np.ndarray:
+        """Flat C-contiguous int32 indexes, or :class:`BitstreamError` for any outside the tables."""
         idx = np.asarray(indexes)
         if idx.dtype.kind not in "iu":
             raise BitstreamError(f"indexes must be integers, got {idx.dtype}")
@@ -189,7 +246,8 @@ class IndexedCoder:
             )
         return flat.astype(np.int32, copy=False)
 
-    def _check(self, symbols: np.ndarray, indexes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def check(self, symbols: np.ndarray, indexes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flat int32 symbols and indexes, refusing what cannot be coded (:class:`BitstreamError`)."""
         if symbols.shape != np.shape(indexes):
             raise BitstreamError(f"symbols {symbols.shape} and indexes {np.shape(indexes)} differ")
         if symbols.dtype.kind not in "iu":
@@ -197,7 +255,7 @@ class IndexedCoder:
         flat = symbols.reshape(-1)
         if flat.size and max(-int(flat.min()), int(flat.max())) > MAX_MAGNITUDE:
             raise BitstreamError("a value exceeds the codable magnitude 2**24: refusing to code")
-        return np.ascontiguousarray(flat, dtype=np.int32), self._check_indexes(indexes)
+        return np.ascontiguousarray(flat, dtype=np.int32), self.check_indexes(indexes)
 
     # -- escapes ----------------------------------------------------------------------------
 
@@ -250,7 +308,7 @@ class IndexedCoder:
     def _words(data: bytes) -> np.ndarray:
         if len(data) % 4:
             raise BitstreamError(f"entropy-coded data is not whole 32-bit words ({len(data)} bytes)")
-        return np.frombuffer(data, dtype="<u4").astype(np.uint32)
+        return np.frombuffer(data, dtype="<u4").astype(np.uint32, copy=False)  # a view where native
 
     def _decode_all(self, words: np.ndarray, flat_idx: np.ndarray) -> np.ndarray:
         decoder = constriction.stream.queue.RangeDecoder(words)

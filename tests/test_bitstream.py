@@ -24,9 +24,9 @@ from ckbd.runtime.bitstream import (
     pack,
     padded_size,
     peek_header,
-    symbols_crc32,
     unpack,
 )
+from ckbd.runtime.symbols_crc import symbols_crc32
 
 OTHER_FP_HEX = "9f8e7d6c5b4a3928" + "cd" * 24
 
@@ -124,12 +124,25 @@ def test_unsupported_version() -> None:
     rejects(data, r"^format version 7 is not supported; this ckbd reads versions 1, 2$")
 
 
-def test_version_1_has_no_flags_and_version_2_knows_the_integer_flag() -> None:
+def test_version_1_has_no_flags_and_version_2_knows_the_integer_and_substreams_flags() -> None:
     assert unpack(raw_file(version=1)).header.entropy_params == "float"
     rejects(raw_file(version=1, flags=1), r"^unknown flags 0x01; this file needs a newer ckbd$")
+    rejects(raw_file(version=1, flags=2), r"^unknown flags 0x02; this file needs a newer ckbd$")
     assert unpack(raw_file(version=2, flags=1)).header.entropy_params == "integer"
     assert unpack(raw_file(version=2, flags=0)).header.entropy_params == "float"
-    rejects(raw_file(version=2, flags=2), r"^unknown flags 0x02; this file needs a newer ckbd$")
+    assert not unpack(raw_file(version=2, flags=1)).header.substreams
+    both = unpack(raw_file(version=2, flags=3)).header
+    assert both.substreams and both.entropy_params == "integer"
+    rejects(raw_file(version=2, flags=4), r"^unknown flags 0x04; this file needs a newer ckbd$")
+
+
+def test_build_sets_the_substreams_flag() -> None:
+    split = replace(sample(), header=replace(sample().header, flags=2))
+    assert unpack(pack(split)).header.substreams
+    built = Bitstream.build(height=100, width=150, arch_id=ARCH_ID, fingerprint_hex=FP_HEX, N=128, M=192,
+                            symbols_crc=1, z=b"", anchors=b"a", nonanchors=b"n", entropy_params="integer",
+                            substreams=True)
+    assert built.header.flags == 3 and unpack(pack(built)) == built
 
 
 def test_entropy_parameter_path_mismatch_says_what_to_do() -> None:
@@ -192,7 +205,7 @@ def test_inconsistent_latent_shape(overrides: dict[str, int]) -> None:
     rejects(raw_file(**overrides), "^inconsistent header: latent sizes")
 
 
-@pytest.mark.parametrize("flags", [2, 0x80, 0xFF])
+@pytest.mark.parametrize("flags", [4, 0x80, 0xFF])
 def test_unknown_flags(flags: int) -> None:
     rejects(raw_file(flags=flags), f"^unknown flags 0x{flags:02x}")
 
@@ -226,7 +239,7 @@ def test_pack_refuses_a_header_unpack_would_reject() -> None:
     good = sample()
     for bad in (
         replace(good.header, y_h=good.header.y_h + 4),
-        replace(good.header, flags=2),
+        replace(good.header, flags=4),
         replace(good.header, arch_id=99),
         replace(good.header, fingerprint=b"short"),
         replace(good.header, M=70000),

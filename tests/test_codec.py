@@ -234,7 +234,7 @@ def test_runtime_runs_without_torch(model_dir: Path, tmp_path: Path) -> None:
 
 
 def test_roundtrip_check_tool(codec: tuple[Encoder, Decoder]) -> None:
-    from ckbd.tools.roundtrip_check import check
+    from ckbd.tools.check.roundtrip import check
 
     row = check(*codec, IMAGES[0])
     assert row.latents_identical

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ckbd.errors import BitstreamError, ModelError
+from ckbd.runtime import rangecoder
 from ckbd.runtime.coder import MAX_MAGNITUDE, IndexedCoder, dequantize, quantize
 from ckbd.runtime.entropy_tables import (
     EntropyTables,
@@ -31,9 +32,12 @@ def tables() -> EntropyTables:
     return gaussian_tables(SCALES)
 
 
-@pytest.fixture(scope="module")
-def coder(tables: EntropyTables) -> IndexedCoder:
-    return IndexedCoder(tables)
+@pytest.fixture(scope="module", params=[True, False], ids=["compiled", "constriction"])
+def coder(tables: EntropyTables, request: pytest.FixtureRequest) -> IndexedCoder:
+    """Both implementations of the stream format pass every test that takes this fixture."""
+    if request.param and rangecoder.compiled is None:
+        pytest.skip("the compiled range coder is not built here")
+    return IndexedCoder(tables, compiled=request.param)
 
 
 def gaussian_sample(n: int, seed: int, hi: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
@@ -304,7 +308,7 @@ def test_estimate_bits_by_hand() -> None:
 
 def test_runtime_and_benchmark_are_torch_free() -> None:
     code = (
-        "import sys, ckbd.runtime.coder, ckbd.runtime.entropy_tables, ckbd.tools.bench_coder;"
+        "import sys, ckbd.runtime.coder, ckbd.runtime.entropy_tables, ckbd.tools.bench.coder;"
         "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60, check=False).returncode == 0
@@ -316,15 +320,17 @@ def test_cli_bench_coder_writes_json(tmp_path: Path) -> None:
     from ckbd.cli.main import app
 
     out = tmp_path / "coder.json"
-    args = ["bench", "coder", "--symbols", "20000", "--repeats", "1", "--json", str(out)]
+    args = ["bench", "coder", "--symbols", "200000", "--repeats", "1", "--threads", "2", "--json", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     for key in ("encode_msym_s", "decode_msym_s", "overhead_pct", "n_symbols", "bytes"):
         assert key in report
-    assert report["n_symbols"] == 20000 and report["encode_msym_s"] > 0
+    assert report["n_symbols"] == 200000 and report["encode_msym_s"] > 0
     assert "cpu_count" in report["machine"] and "decode" in result.output
     assert report["grouping"] in ("compiled", "numpy")
+    assert report["coder"] in ("compiled", "constriction") and report["substreams"] > 1  # ~70 KB: cut
+    assert report["threads"] == (2 if report["coder"] == "compiled" else 1)
 
 
 def test_offsets_code_the_rounded_residual_and_decode_the_reconstruction(coder: IndexedCoder) -> None:

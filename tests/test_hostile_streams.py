@@ -23,7 +23,7 @@ from ckbd.runtime.codec import Decoder, Encoder, check_image
 from ckbd.runtime.manifest import Manifest
 from ckbd.runtime.package import default_model_dir
 from ckbd.runtime.stream_io import max_payload_bytes, read_stream
-from ckbd.tools.fuzz_streams import FAILURES, KINDS, classify, mutate
+from ckbd.tools.check.fuzz import FAILURES, KINDS, classify, mutate
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +36,7 @@ def crafted(height: int, width: int, **lengths: int) -> bytes:
 
     ``lengths`` (z_len, a_len, na_len) rewrite the announced payload lengths, CRC recomputed.
     """
-    from ckbd.tools.fuzz_streams import _reseal, _split
+    from ckbd.tools.check.fuzz import _reseal, _split
 
     m = Manifest.load(default_model_dir())
     data = bs.pack(bs.Bitstream.build(height=height, width=width, arch_id=m.arch_id, fingerprint_hex=m.fingerprint,
@@ -225,7 +225,7 @@ _CODEC: dict[str, object] = {}
 
 def _codec() -> tuple[Decoder, list[bytes], list[np.ndarray]]:
     if not _CODEC:
-        from ckbd.tools.fuzz_streams import _images
+        from ckbd.tools.check.fuzz import _images
 
         encoder, decoder = Encoder.open(threads=1), Decoder.open(threads=1)
         decoder.max_pixels = 256 * 256

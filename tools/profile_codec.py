@@ -34,6 +34,8 @@ class ImageProfile:
     encode_ms: dict[str, float]
     encode_peak_rss: int = 0  # bytes: the process's peak resident set while encoding this image
     decode_peak_rss: int = 0
+    substreams: tuple[int, int] = (1, 1)  # of the anchor and the non-anchor pass
+    coder_threads: int = 1  # threads that range-coded the larger pass
 
 
 @dataclass
@@ -52,6 +54,7 @@ class ProfileReport:
     peak: dict[str, Any] = field(default_factory=dict)
     stage_gflop: dict[str, float] = field(default_factory=dict)
     int8_stages: list[str] = field(default_factory=list)  # image stages that ran an int8 graph
+    coder: str = "constriction"  # which range coder ran: "compiled" (releases the GIL) or "constriction"
 
     def mean(self, which: str) -> dict[str, float]:
         """Per-stage mean over images of the per-image medians."""
@@ -85,8 +88,21 @@ def profile_image(encoder: Encoder, decoder: Decoder, image: np.ndarray, name: s
         peaks[1] = max(peaks[1], peak_resident_bytes())
         dec_runs.append(timer.times_ms)
     h, w = image.shape[:2]
-    return ImageProfile(name, w, h, len(data), 8 * len(data) / (h * w), psnr(image, decoded),
-                        median_times(dec_runs, DECODE_STAGES), median_times(enc_runs, ENCODE_STAGES), *peaks)
+    profile = ImageProfile(name, w, h, len(data), 8 * len(data) / (h * w), psnr(image, decoded),
+                           median_times(dec_runs, DECODE_STAGES), median_times(enc_runs, ENCODE_STAGES), *peaks)
+    profile.substreams, profile.coder_threads = coder_split(decoder, data)
+    return profile
+
+
+def coder_split(decoder: Decoder, data: bytes) -> tuple[tuple[int, int], int]:
+    """Substreams of each y pass of a stream, and how many threads ``decoder`` codes the larger one on."""
+    from ckbd.runtime import bitstream, substreams
+
+    stream = bitstream.unpack(data, max_pixels=decoder.max_pixels)
+    header = stream.header
+    counts = tuple(len(substreams.parse(payload, header.y_h, header.substreams))
+                   for payload in (stream.anchors, stream.nonanchors))
+    return (counts[0], counts[1]), substreams.worker_count(decoder.model.y_coder, decoder.coder_threads, max(counts))
 
 
 def profile_images(encoder: Encoder, decoder: Decoder, paths: list[Path], repeat: int) -> ProfileReport:
@@ -94,6 +110,7 @@ def profile_images(encoder: Encoder, decoder: Decoder, paths: list[Path], repeat
 
     m = decoder.manifest
     report = ProfileReport(decoder.model.backend_name, m.arch, m.N, m.M, repeat)
+    report.coder = "compiled" if decoder.model.y_coder.releases_gil else "constriction"
     for path in progress(paths, desc="profile", unit="image", enabled=len(paths) > 1):
         report.images.append(profile_image(encoder, decoder, read_image(path), str(path), repeat))
     return report
@@ -160,5 +177,9 @@ def format_table(report: ProfileReport) -> str:
     lines += ["", f"bpp {bpp:.4f}   PSNR {psnr:.2f} dB", "", f"{'peak RSS (MB)':<20}{'encode':>10}{'decode':>10}"]
     lines += [f"{f'{i.width}x{i.height}':<20}{i.encode_peak_rss / 2**20:>10.0f}{i.decode_peak_rss / 2**20:>10.0f}"
               for i in report.images]
+    coder = report.images[0] if report.images else None
+    if coder is not None:
+        lines += ["", f"range coder: {report.coder}, {coder.coder_threads} thread(s) for "
+                      f"{coder.substreams[0]}/{coder.substreams[1]} substreams (anchors/non-anchors, first image)"]
     lines += format_rates(report)
     return "\n".join(lines)

@@ -8,6 +8,7 @@ import typer
 
 from ckbd.cli.codec_options import (
     BackendOption,
+    CoderThreadsOption,
     DeviceOption,
     ModelOption,
     PrecisionOption,
@@ -26,6 +27,7 @@ def profile_command(
     model: Path = ModelOption,
     backend: str = BackendOption,
     threads: int = ThreadsOption,
+    coder_threads: int = CoderThreadsOption,
     precision: str = PrecisionOption,
     device: str = DeviceOption,
     peak: bool = typer.Option(False, "--peak/--no-peak",
@@ -48,8 +50,10 @@ def profile_command(
     check_plot_path(plot)
     paths = expand_inputs(images, IMAGE_SUFFIXES)
     # timed: a torch stage waits for its device work, so its row is its own time, not the next one's
-    encoder = open_codec(Encoder, model, backend, threads, precision, device=device, timed=True)
-    decoder = open_codec(Decoder, model, backend, threads, precision, device=device, timed=True)
+    encoder = open_codec(Encoder, model, backend, threads, precision, device=device, timed=True,
+                         coder_threads=coder_threads)
+    decoder = open_codec(Decoder, model, backend, threads, precision, device=device, timed=True,
+                         coder_threads=coder_threads)
     report = profile_images(encoder, decoder, paths, repeat)
     report.precision, report.device = precision, device or "cpu"
     if peak:
