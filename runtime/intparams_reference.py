@@ -149,3 +149,13 @@ def nonanchor_params(spec: IntegerParams, hyper: np.ndarray, anchor_hat: np.ndar
 def means_to_float(means_fixed: np.ndarray) -> np.ndarray:
     """Fixed-point means as the float32 the stage contract carries (exact: |mean| < 2**15)."""
     return (means_fixed.astype(np.float64) / (1 << MEAN_FRAC)).astype(np.float32)
+
+
+def stage_outputs(spec: IntegerParams, z_symbols: np.ndarray, anchor_hat: np.ndarray) -> dict[str, np.ndarray]:
+    """Every output of the three integer stages, named and typed as the stage contract has them: what the
+    graphs, the torch stages and the known-answer vectors are compared with."""
+    hyper = hyper_synthesis(spec, z_symbols)
+    a_idx, a_mean = anchor_params(spec, hyper)
+    n_idx, n_mean = nonanchor_params(spec, hyper, anchor_hat)
+    return {"hyper": hyper.astype(np.float32), "anchor_indexes": a_idx, "anchor_means": means_to_float(a_mean),
+            "nonanchor_indexes": n_idx, "nonanchor_means": means_to_float(n_mean)}

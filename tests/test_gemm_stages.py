@@ -31,14 +31,6 @@ def quantized(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     return model, spec
 
 
-def _reference(spec: IntegerParams, z: np.ndarray, anchor_hat: np.ndarray) -> dict[str, np.ndarray]:
-    hyper = ref.hyper_synthesis(spec, z)
-    a_idx, a_mean = ref.anchor_params(spec, hyper)
-    n_idx, n_mean = ref.nonanchor_params(spec, hyper, anchor_hat)
-    return {"hyper": hyper.astype(np.float32), "anchor_indexes": a_idx, "anchor_means": ref.means_to_float(a_mean),
-            "nonanchor_indexes": n_idx, "nonanchor_means": ref.means_to_float(n_mean)}
-
-
 def _gemm(spec: IntegerParams, z: np.ndarray, anchor_hat: np.ndarray) -> dict[str, np.ndarray]:
     modules = gemm_stage_modules(spec)
     with torch.inference_mode():
@@ -69,7 +61,7 @@ def _random_inputs(spec: IntegerParams, seed: int, spread: int, shape: tuple[int
 def test_random_inputs_equal_the_int64_reference(quantized, seed: int, spread: int, shape: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
     _, spec = quantized
     z, anchor_hat = _random_inputs(spec, seed, spread, shape)
-    _assert_same(_gemm(spec, z, anchor_hat), _reference(spec, z, anchor_hat))
+    _assert_same(_gemm(spec, z, anchor_hat), ref.stage_outputs(spec, z, anchor_hat))
 
 
 def test_saturating_inputs_equal_the_int64_reference(quantized) -> None:  # type: ignore[no-untyped-def]
@@ -82,7 +74,7 @@ def test_saturating_inputs_equal_the_int64_reference(quantized) -> None:  # type
     anchor_hat[0, :, 0, :] = 1e9
     anchor_hat[0, :, 1, :] = -1e9
     anchor_hat[0, 1::2, 2:4, :] = -3e4
-    want = _reference(spec, z, anchor_hat)
+    want = ref.stage_outputs(spec, z, anchor_hat)
     _assert_same(_gemm(spec, z, anchor_hat), want)
     # the saturated hyper drives the parameter passes to their own limits as well
     assert np.abs(want["hyper"]).max() >= min(layer.bound for layer in spec.hyper if layer.shift is not None)
@@ -96,7 +88,7 @@ def test_encoder_latents_equal_the_int64_reference(quantized) -> None:  # type: 
     model, spec = quantized
     with open_reference(Encoder, model, integer_params=spec) as encoder:
         latents = encoder.encode_detailed(rgb_array(192, 256, seed=5), estimate=False).latents
-    want = _reference(spec, latents.z_symbols, latents.anchor_hat)
+    want = ref.stage_outputs(spec, latents.z_symbols, latents.anchor_hat)
     _assert_same(_gemm(spec, latents.z_symbols, latents.anchor_hat), want)
     np.testing.assert_array_equal(latents.anchor_symbols.shape, want["anchor_indexes"].shape)
 

@@ -55,14 +55,6 @@ def _inputs(spec: IntegerParams, seed: int, spread: int = 6) -> tuple[np.ndarray
     return z, (symbols + ref.means_to_float(means)).astype(np.float32)
 
 
-def _reference(spec: IntegerParams, z: np.ndarray, anchor_hat: np.ndarray) -> dict[str, np.ndarray]:
-    hyper = ref.hyper_synthesis(spec, z)
-    a_idx, a_mean = ref.anchor_params(spec, hyper)
-    n_idx, n_mean = ref.nonanchor_params(spec, hyper, anchor_hat)
-    return {"hyper": hyper.astype(np.float32), "anchor_indexes": a_idx, "anchor_means": ref.means_to_float(a_mean),
-            "nonanchor_indexes": n_idx, "nonanchor_means": ref.means_to_float(n_mean)}
-
-
 def _ort_outputs(model_dir: Path, z: np.ndarray, anchor_hat: np.ndarray, **options: object) -> dict[str, np.ndarray]:
     from ckbd.runtime.ort_backend import OnnxRuntimeBackend
 
@@ -87,7 +79,7 @@ def test_onnx_graphs_equal_the_int64_reference(exported, level: str, threads: in
     for seed in (0, 1):
         z, anchor_hat = _inputs(spec, seed)
         got = _ort_outputs(model_dir, z, anchor_hat, threads=threads, optimization=level)
-        _assert_same(got, _reference(spec, z, anchor_hat))
+        _assert_same(got, ref.stage_outputs(spec, z, anchor_hat))
 
 
 def test_saturation_is_part_of_the_rules(exported) -> None:  # type: ignore[no-untyped-def]
@@ -98,11 +90,11 @@ def test_saturation_is_part_of_the_rules(exported) -> None:  # type: ignore[no-u
     z[0, :, 1, 2] = -(2**20)
     anchor_hat[0, :, 0, :] = 1e9
     anchor_hat[0, :, 1, :] = -3e4
-    want = _reference(spec, z, anchor_hat)
+    want = ref.stage_outputs(spec, z, anchor_hat)
     milder_z, milder_anchors = z.copy(), anchor_hat.copy()  # still beyond the limits: same result
     milder_z[0, :, 0, 0], milder_z[0, :, 1, 2] = 2**15, -(2**15)
     milder_anchors[0, :, 0, :] = 2**15
-    _assert_same(_reference(spec, milder_z, milder_anchors), want)
+    _assert_same(ref.stage_outputs(spec, milder_z, milder_anchors), want)
     _assert_same(_ort_outputs(model_dir, z, anchor_hat, threads=1, optimization="all"), want)
     modules = integer_stage_modules(spec, torch.float64)
     with torch.no_grad():
@@ -277,7 +269,7 @@ def test_graphs_equal_the_reference_on_an_encoders_own_latents(exported) -> None
     """Real inputs: the z symbols and decoded anchors an encode of a photo-like image produces."""
     _, spec, model_dir = exported
     latents = Encoder.open(model_dir).encode_detailed(rgb_array(192, 256, seed=5), estimate=False).latents
-    want = _reference(spec, latents.z_symbols, latents.anchor_hat)
+    want = ref.stage_outputs(spec, latents.z_symbols, latents.anchor_hat)
     for level in LEVELS:
         _assert_same(_ort_outputs(model_dir, latents.z_symbols, latents.anchor_hat, threads=2, optimization=level), want)
 

@@ -151,11 +151,11 @@ class RunPlan:
             from ckbd.serving.ray_batch import replay, run_ray
 
             return replay(run_ray(pairs, bound, p.address))
-        if p.server is not None:
-            return _in_threads(pairs, bound, max(1, p.concurrency))  # requests in flight at once
         if p.jobs > 1:
             return _in_threads(pairs, bound, p.jobs)
-        bound.open()  # a local run opens its codecs (and reports a bad model) before the first file
+        bound.open()  # a bad model, or a missing Triton client, is reported once, before the first file
+        if p.server is not None:
+            return _in_threads(pairs, bound, max(1, p.concurrency))  # requests in flight at once
         return bound
 
 
