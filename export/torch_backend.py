@@ -288,10 +288,7 @@ def open_reference(cls: type[C], checkpoint_or_model: HyperpriorModel | Path | s
                    coder_threads: int = 0, **backend_options: object) -> C:
     """An :class:`~ckbd.runtime.codec.Encoder` or ``Decoder`` (``cls``) running a checkpoint on torch,
     without an export (its package built in memory); ``backend_options`` go to :class:`TorchBackend`."""
-    from ckbd.runtime.model import CodecModel
-
     package, backend = checkpoint_package(checkpoint_or_model, integer_params, **backend_options)
-    stages = cls.STAGES  # type: ignore[attr-defined]
-    model = CodecModel.open(package, backend, stages=stages, owns_backend=True, memory=memory)
-    return cls(model, coder_threads=coder_threads)  # type: ignore[call-arg]
+    return cls.open(package, backend, owns_backend=True, memory=memory,  # type: ignore[attr-defined,no-any-return]
+                    coder_threads=coder_threads)
 

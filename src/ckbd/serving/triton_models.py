@@ -18,6 +18,7 @@ import numpy as np
 from ckbd.errors import BitstreamError, CkbdError, ImageError, ModelError
 from ckbd.runtime.backend import ClosingBackend, Runner, Tensor, to_host
 from ckbd.runtime.codec import Decoder, Encoder
+from ckbd.runtime.memory import MemoryBudget
 from ckbd.runtime.model import CodecModel
 from ckbd.runtime.package import ModelPackage
 from ckbd.runtime.stages import STAGE_IO, TensorSpec
@@ -102,16 +103,11 @@ class _PythonModel:
         data = encoder.encode(self._image(request))
         return [self.pb.Tensor("bitstream", np.array([[data]], dtype=np.object_))]
 
-    def _budgeted(self, model: CodecModel) -> CodecModel:
+    def _memory(self) -> MemoryBudget | None:
         """Each instance (a process) keeps to its own budget; larger images are tiled or refused."""
-        if self.max_memory is not None:
-            from ckbd.runtime.memory import MemoryBudget
-
-            model.memory = MemoryBudget(self.max_memory)
-        return model
+        return None if self.max_memory is None else MemoryBudget(self.max_memory)
 
     def _decoder(self, model: CodecModel) -> Decoder:
-        model = self._budgeted(model)
         return Decoder(model, max_pixels=self.max_pixels) if self.max_pixels else Decoder(model)
 
 
@@ -120,7 +116,8 @@ class DecodeModel(_PythonModel):
 
     def setup(self) -> None:
         self.decoder = self.resource = self._decoder(
-            CodecModel.open(self.model_dir, "onnxruntime", stages=Decoder.STAGES, threads=self.threads))
+            CodecModel.open(self.model_dir, "onnxruntime", stages=Decoder.STAGES, memory=self._memory(),
+                            threads=self.threads))
 
     def handle(self, request: Any) -> list[Any]:
         return self._decode_response(self.decoder, request)
@@ -130,8 +127,9 @@ class EncodeModel(_PythonModel):
     """``ckbd_encode``: one in-process Encoder per instance."""
 
     def setup(self) -> None:
-        self.encoder = self.resource = Encoder(self._budgeted(
-            CodecModel.open(self.model_dir, "onnxruntime", stages=Encoder.STAGES, threads=self.threads)))
+        self.encoder = self.resource = Encoder(
+            CodecModel.open(self.model_dir, "onnxruntime", stages=Encoder.STAGES, memory=self._memory(),
+                            threads=self.threads))
 
     def handle(self, request: Any) -> list[Any]:
         return self._encode_response(self.encoder, request)
@@ -196,7 +194,8 @@ class _SplitModel(_PythonModel):
     """A BLS model: entropy tables here, the stage graphs in their own Triton models."""
 
     def _codec_model(self, stages: tuple[str, ...]) -> CodecModel:
-        return CodecModel.open(self.model_dir, BlsBackend(self.pb), stages=stages, owns_backend=True)
+        return CodecModel.open(self.model_dir, BlsBackend(self.pb), stages=stages, owns_backend=True,
+                               memory=self._memory())
 
 
 class SplitDecodeModel(_SplitModel):
@@ -209,7 +208,7 @@ class SplitDecodeModel(_SplitModel):
 
 class SplitEncodeModel(_SplitModel):
     def setup(self) -> None:
-        self.encoder = self.resource = Encoder(self._budgeted(self._codec_model(Encoder.STAGES)))
+        self.encoder = self.resource = Encoder(self._codec_model(Encoder.STAGES))
 
     def handle(self, request: Any) -> list[Any]:
         return self._encode_response(self.encoder, request)

@@ -83,8 +83,6 @@ def _crop(image: np.ndarray, side: int = CALIBRATION_SIDE) -> np.ndarray:
 def open_codec(cls: type, checked: CheckedModel, device: str, precision: str = "fp32") -> Any:
     """An Encoder or Decoder of ``checked`` on the torch backend at ``device``, owning its backend."""
     from ckbd.export.torch_backend import TorchBackend
-    from ckbd.runtime.model import CodecModel
 
     backend = TorchBackend(checked.torch_copy(), device=device, precision=precision)
-    stages = cls.STAGES  # type: ignore[attr-defined]
-    return cls(CodecModel.open(checked.package, backend, stages=stages, owns_backend=True))
+    return cls.open(checked.package, backend, owns_backend=True)  # type: ignore[attr-defined]
