@@ -18,7 +18,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "_rangecoder_band.h"
+#include "_rangecoder_lanes.h"
 
 static PyObject *CorruptData; /* a stream that cannot be decoded, or values that cannot be coded */
 
@@ -162,7 +162,7 @@ static Tables *get_tables(PyObject *capsule) {
 
 /* decode(tables, parts: tuple of uint32 buffers, indexes: int32[outer*rows*width], out: int32[same],
  *        outer, rows, width, bands: tuple of (r0, r1)): decodes each part into its rows of ``out``,
- * in order, and raises the error of the first band that fails. One call for a thread's bands. */
+ * two at a time (_rangecoder_lanes.h), and raises the error of the first band that fails. */
 static PyObject *decode_bands(PyObject *self, PyObject *args) {
     PyObject *capsule, *parts, *cuts, *result = NULL;
     Py_buffer idx, out;
@@ -197,18 +197,9 @@ static PyObject *decode_bands(PyObject *self, PyObject *args) {
             goto done;
         }
     }
-    int status = OK;
+    int status;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < count && status == OK; i++) {
-        Work w;
-        Decoder d;
-        status = ERR_MEMORY;
-        if (work_init(&w, &bands[i], t->num_tables)) {
-            decoder_init(&d, words[i].buf, (size_t)words[i].len / 4);
-            status = decode_loop(t, &bands[i], &w, &d, idx.buf, out.buf);
-        }
-        work_free(&w);
-    }
+    status = decode_lanes(t, bands, words, count, idx.buf, out.buf);
     Py_END_ALLOW_THREADS
     result = status == OK ? Py_NewRef(Py_None) : raise_status(status);
 done:

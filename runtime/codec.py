@@ -152,6 +152,20 @@ class Encoder(_CodecBase):
     """Image (uint8 H x W x 3) -> bitstream bytes."""
 
     STAGES = (ANALYSIS, HYPER_SYNTHESIS, ANCHOR_PARAMS, NONANCHOR_PARAMS)
+    #: Most substreams per y pass; 1 writes the single-stream files that ckbd before substreams reads.
+    max_substreams: int = substreams.MAX_SUBSTREAMS
+
+    @classmethod
+    def open(  # type: ignore[override]  # a keyword more than the base: its **options take any value
+            cls, model: ModelPackage | Path | None = None, backend: str | Backend = "onnxruntime", *,
+            memory: MemoryBudget | None = None, coder_threads: int = 0,
+            max_substreams: int = substreams.MAX_SUBSTREAMS, **options: object) -> Self:
+        """:meth:`_CodecBase.open`; ``max_substreams`` caps the substreams of each y pass (1 to 16)."""
+        if not 1 <= max_substreams <= substreams.MAX_SUBSTREAMS:
+            raise ValueError(f"max_substreams must be 1 to {substreams.MAX_SUBSTREAMS}, got {max_substreams}")
+        encoder = super().open(model, backend, memory=memory, coder_threads=coder_threads, **options)
+        encoder.max_substreams = max_substreams
+        return encoder
 
     def encode(self, image: np.ndarray) -> bytes:
         return self.encode_detailed(image, estimate=False).data
@@ -175,7 +189,8 @@ class Encoder(_CodecBase):
         def coder_for(y: np.ndarray, name: str) -> CodeHalf:
             def code(indexes: np.ndarray, means: np.ndarray) -> np.ndarray:
                 symbols = quantize(y, means)
-                payloads[name] = substreams.encode_pass(y_coder, symbols, indexes, self.coder_threads)
+                payloads[name] = substreams.encode_pass(y_coder, symbols, indexes, self.coder_threads,
+                                                        limit=self.max_substreams)
                 if estimate:
                     bits.append(y_coder.estimate_bits(symbols, indexes))
                 return symbols

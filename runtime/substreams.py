@@ -14,11 +14,13 @@ first ``K - 1`` substreams as LEB128 varints (the last one takes the rest), then
 The encoder picks ``K`` from the size the tables predict for the pass (:func:`choose_count`), so
 that the added bytes stay within :data:`OVERHEAD_BUDGET` of it. Coding is identical for every
 thread count; threads help only where the compiled coder releases the GIL. Each decoding thread
-takes a run of consecutive substreams and decodes them in one call of the compiled coder.
+takes the next pair of neighbouring substreams (or the next one, where there are too few to pair)
+as it gets free and decodes them in one call of the compiled coder, in alternation.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -67,19 +69,19 @@ def bands(rows: int, count: int) -> list[Band]:
 
 
 def encode_pass(coder: IndexedCoder, symbols: np.ndarray, indexes: np.ndarray, threads: int = 0,
-                count: int | None = None) -> list[bytes]:
-    """The substreams of one pass, ``(..., rows, width)``: ``count`` of them (capped at the format's
-    limits), or as many as :func:`choose_count` allows. ``threads`` 0 means :func:`default_threads`."""
+                count: int | None = None, limit: int = MAX_SUBSTREAMS) -> list[bytes]:
+    """The substreams of one pass, ``(..., rows, width)``: ``count`` of them, or as many as
+    :func:`choose_count` allows, at most ``limit`` and the format's limits. ``threads`` 0 means
+    :func:`default_threads`."""
     shape = np.shape(indexes)
     flat_symbols, flat_indexes = coder.check(np.asarray(symbols), indexes)
     rows, width = shape[-2:]
     if count is None:
         count = choose_count(coder.expected_bytes(flat_indexes), rows)
-    count = max(1, min(count, MAX_SUBSTREAMS, rows))
+    count = max(1, min(count, limit, MAX_SUBSTREAMS, rows))
     values, idx = flat_symbols.reshape(-1, rows, width), flat_indexes.reshape(-1, rows, width)
     cuts = bands(rows, count)
-    return _in_chunks(lambda chunk: [coder.encode_band(values, idx, cuts[i]) for i in chunk], count,
-                      worker_count(coder, threads, count))
+    return _shared_map(lambda i: coder.encode_band(values, idx, cuts[i]), count, worker_count(coder, threads, count))
 
 
 def decode_pass(coder: IndexedCoder, payload: bytes, indexes: np.ndarray, split: bool,
@@ -94,13 +96,27 @@ def decode_pass(coder: IndexedCoder, payload: bytes, indexes: np.ndarray, split:
     idx = coder.check_indexes(indexes).reshape(-1, rows, width)
     out = np.empty(idx.shape, dtype=np.int32)
     cuts = bands(rows, len(parts))
+    workers = worker_count(coder, threads, len(parts))
+    items = decode_items(len(parts), workers)
 
-    def decode(chunk: range) -> list[None]:  # one call of the compiled coder per thread
-        coder.decode_bands([parts[i] for i in chunk], idx, out, [cuts[i] for i in chunk])
-        return []
+    def decode(i: int) -> None:  # one call of the compiled coder per item, which decodes it as lanes
+        coder.decode_bands([parts[k] for k in items[i]], idx, out, [cuts[k] for k in items[i]])
 
-    _in_chunks(decode, len(parts), worker_count(coder, threads, len(parts)))
+    _shared_map(decode, len(items), workers)
     return out.reshape(shape)
+
+
+def decode_items(count: int, workers: int) -> list[range]:
+    """The substreams each call of the compiled decoder takes: pairs of neighbours, which it decodes in
+    alternation (two dependency chains overlap on one core), where every worker still gets a pair;
+    otherwise one substream per call, so that no worker is left without one."""
+    lanes = 2 if count >= 2 * workers else 1
+    return [range(i, min(i + lanes, count)) for i in range(0, count, lanes)]
+
+
+def counts(anchors: bytes, nonanchors: bytes, rows: int, split: bool) -> tuple[int, int]:
+    """How many substreams each y payload of a stream holds (its tables of contents checked)."""
+    return len(parse(anchors, rows, split)), len(parse(nonanchors, rows, split))
 
 
 def join(anchors: Sequence[bytes], nonanchors: Sequence[bytes]) -> tuple[bytes, bytes, bool]:
@@ -176,13 +192,33 @@ def worker_count(coder: IndexedCoder, threads: int, substreams: int) -> int:
     return max(1, min(threads or default_threads(), substreams))
 
 
-def _in_chunks(fn: Callable[[range], list[R]], count: int, workers: int) -> list[R]:
-    """``fn`` over ``workers`` consecutive ranges of ``range(count)``, in parallel when more than one
-    (the calling thread takes the first); their results in order. The first failure (in order) is raised."""
-    chunks = [range(j * count // workers, (j + 1) * count // workers) for j in range(workers)]
-    others = [_executor().submit(fn, chunk) for chunk in chunks[1:]]
-    results = [fn(chunks[0]), *(future.result() for future in others)]
-    return [result for part in results for result in part]
+def _shared_map(fn: Callable[[int], R], count: int, workers: int) -> list[R]:
+    """``fn(i)`` for ``i`` in ``range(count)`` on ``workers`` threads (the calling one among them), each
+    taking the next item when it gets free, so that a worker that starts late or runs on a busy core
+    takes fewer instead of holding up the rest. Results in order; the first failure in order is raised.
+    The caller waits for the items, not for workers that start after the last one was taken."""
+    results: list[R | None] = [None] * count
+    errors: list[BaseException | None] = [None] * count
+    tickets, finished, done = itertools.count(), itertools.count(1), threading.Event()
+
+    def drain() -> None:
+        while (i := next(tickets)) < count:  # next() on a count is atomic: each item is taken once
+            try:
+                results[i] = fn(i)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller, in order
+                errors[i] = exc
+            if next(finished) == count:
+                done.set()
+
+    for _ in range(min(workers, count) - 1):
+        _executor().submit(drain)
+    drain()
+    if count:
+        done.wait()
+    for error in errors:
+        if error is not None:
+            raise error
+    return results  # type: ignore[return-value]  # every item was set or raised
 
 
 _pool: tuple[int, ThreadPoolExecutor] | None = None

@@ -102,6 +102,79 @@ def test_bands_are_the_streams_of_their_rows(seed: int, bits: int, outer: int, r
         assert np.all(np.delete(out, np.s_[r0:r1], axis=1) == 7)  # nothing outside the band is written
 
 
+def damage(rng: np.random.Generator, data: bytes) -> bytes:
+    """A genuine stream cut, extended, with bits flipped, or replaced by random words or by ones (which
+    leave the coder's range at once, so that a lane fails while the other goes on)."""
+    kind = int(rng.integers(4))
+    if kind == 0:
+        return rng.integers(0, 2**32, int(rng.integers(0, 12)), dtype=np.uint32).tobytes()
+    if kind == 3:
+        return b"\xff" * 4 * int(rng.integers(2, 6))
+    broken = bytearray(data)
+    if kind == 1:
+        broken = broken[: 4 * int(rng.integers(0, len(broken) // 4 + 1))] + b"\0" * 4 * int(rng.integers(0, 3))
+    for pos in rng.integers(0, max(len(broken), 1), 2 if broken else 0):
+        broken[pos] ^= 1 << int(rng.integers(8))
+    return bytes(broken)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), bits=st.sampled_from([4, 12, 24]), count=st.integers(1, 7),
+       damaged=st.lists(st.integers(0, 6), max_size=2))
+def test_bands_decoded_together_match_one_at_a_time(seed: int, bits: int, count: int, damaged: list[int]) -> None:
+    """One call decodes its bands two at a time, in alternation: the same symbols as decoding each band
+    by itself, and the error of the first band that fails, whichever of a pair it is."""
+    rng = np.random.default_rng(seed)
+    tables = random_tables(rng, bits, 5, max_length=60)
+    fast = IndexedCoder(tables)
+    outer, rows, width = int(rng.integers(1, 4)), int(rng.integers(count, 3 * count + 1)), int(rng.integers(1, 9))
+    idx = rng.integers(0, 5, (outer, rows, width)).astype(np.int32)
+    idx[:, :, : width // 2] = idx[:, :, :1]  # runs of one table, as latents have, beside random ones
+    values = random_symbols(rng, tables, idx, 0.05)
+    cuts = [(j * rows // count, (j + 1) * rows // count) for j in range(count)]
+    parts = [fast.encode_band(values, idx, cut) for cut in cuts]
+    for j in damaged:
+        if j < count:
+            parts[j] = damage(rng, parts[j])
+    alone: np.ndarray | str = np.zeros_like(values)
+    for data, cut in zip(parts, cuts):
+        try:
+            fast.decode_bands([data], idx, alone, [cut])  # type: ignore[arg-type]
+        except BitstreamError as exc:
+            alone = str(exc)
+            break
+    together = np.zeros_like(values)
+    try:
+        fast.decode_bands(parts, idx, together, cuts)
+    except BitstreamError as exc:
+        assert str(exc) == alone
+    else:
+        assert not isinstance(alone, str)
+        np.testing.assert_array_equal(together, alone)
+        if not any(j < count for j in damaged):  # a damaged stream may still decode, to other symbols
+            np.testing.assert_array_equal(together, values)
+
+
+def test_the_first_failing_band_is_reported_whichever_lane_fails_first() -> None:
+    """A pair's second lane failing early must not hide the first lane's later failure, nor stop it."""
+    rng = np.random.default_rng(3)
+    tables = random_tables(rng, 16, 3)
+    coder = IndexedCoder(tables)
+    idx = rng.integers(0, 3, (1, 4, 500)).astype(np.int32)
+    values = random_symbols(rng, tables, idx, 0.0)
+    cuts = [(0, 1), (1, 2), (2, 3), (3, 4)]
+    parts = [coder.encode_band(values, idx, cut) for cut in cuts]
+    unread, invalid = parts[0] + b"\0" * 8, b"\xff" * 16  # fails at the end / at the first symbol
+    for bands, message in ([[unread, invalid, *parts[2:]], "unread words"],
+                           [[parts[0], invalid, unread, parts[3]], "outside the coder's range"],
+                           [[*parts[:3], invalid], "outside the coder's range"]):
+        with pytest.raises(BitstreamError, match=message):
+            coder.decode_bands(bands, idx, np.zeros_like(idx), cuts)
+    out = np.zeros_like(idx)
+    coder.decode_bands(parts, idx, out, cuts)
+    np.testing.assert_array_equal(out, values)
+
+
 @SETTINGS
 @given(seed=st.integers(0, 2**32 - 1), bits=st.integers(2, 24), n=st.integers(0, 600),
        words=st.integers(0, 80))

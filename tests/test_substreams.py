@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -162,6 +164,52 @@ def test_worker_count_is_capped_by_the_substreams_and_the_coder() -> None:
         assert substreams.worker_count(compiled, 2, 16) == 2
         assert substreams.worker_count(compiled, 0, 16) == min(16, substreams.default_threads())
     assert 1 <= substreams.default_threads() <= (os.cpu_count() or 1)
+
+
+def test_decode_items_pair_neighbours_while_every_worker_gets_a_pair() -> None:
+    assert [list(r) for r in substreams.decode_items(16, 2)] == [[2 * i, 2 * i + 1] for i in range(8)]
+    assert [list(r) for r in substreams.decode_items(5, 1)] == [[0, 1], [2, 3], [4]]
+    assert [list(r) for r in substreams.decode_items(3, 2)] == [[0], [1], [2]]  # pairs would idle a worker
+    assert [list(r) for r in substreams.decode_items(16, 16)] == [[i] for i in range(16)]
+    assert [list(r) for r in substreams.decode_items(1, 4)] == [[0]]
+
+
+def test_shared_map_runs_each_item_once_in_order_and_raises_the_first_failure() -> None:
+    calls: list[int] = []
+    lock = threading.Lock()
+
+    def work(i: int) -> int:
+        time.sleep(0.002 * (i % 3))  # uneven items: the workers take different numbers of them
+        with lock:
+            calls.append(i)
+        if i in (5, 3):
+            raise ValueError(f"item {i}")
+        return i * i
+
+    with pytest.raises(ValueError, match="item 3"):  # the first in order, not the first to happen
+        substreams._shared_map(work, 9, 3)
+    assert sorted(calls) == list(range(9))
+    assert substreams._shared_map(lambda i: i + 1, 7, 4) == list(range(1, 8))
+    assert substreams._shared_map(lambda i: i, 0, 2) == []
+
+
+def test_shared_map_does_not_wait_for_a_worker_that_starts_late() -> None:
+    """The calling thread takes every item when the pool's threads are busy elsewhere."""
+    release = threading.Event()
+    blockers = [substreams._executor().submit(release.wait) for _ in range(64)]
+    try:
+        names: list[str] = []
+        results: list[list[int]] = []
+        caller = threading.Thread(target=lambda: results.append(substreams._shared_map(
+            lambda i: names.append(threading.current_thread().name) or i, 4, 2)), name="caller")
+        caller.start()
+        caller.join(timeout=30)  # waiting for the queued worker would never end while the pool is blocked
+        assert not caller.is_alive() and results == [[0, 1, 2, 3]]
+        assert set(names) == {"caller"}
+    finally:
+        release.set()
+        for blocker in blockers:
+            blocker.result()
 
 
 @settings(max_examples=300, deadline=None)

@@ -141,3 +141,43 @@ def test_profile_reports_the_substreams_and_the_coder_threads(decoder: Decoder, 
     expected = max(counts) if rangecoder.compiled is not None else 1  # constriction codes on one thread
     assert coder_split(decoder, data) == (counts, expected)
     decoder.coder_threads = 0
+
+
+def test_max_substreams_one_writes_the_single_stream_file(split_file: tuple[np.ndarray, bytes],
+                                                          decoder: Decoder) -> None:
+    """What files for readers from before substreams are: the same symbols, one stream per pass."""
+    image, data = split_file
+    with Encoder.open(max_substreams=1, coder_threads=2) as single:
+        one = single.encode(image)
+    stream = bs.unpack(one)
+    assert not stream.header.substreams and len(one) < len(data)
+    assert stream.header.symbols_crc == bs.unpack(data).header.symbols_crc
+    np.testing.assert_array_equal(decoder.decode(one), decoder.decode(data))
+    with Encoder.open(max_substreams=3) as capped:
+        capped_stream = bs.unpack(capped.encode(image))
+    assert max(substreams.counts(capped_stream.anchors, capped_stream.nonanchors, stream.header.y_h, True)) == 3
+    for bad in (0, 17):
+        with pytest.raises(ValueError, match="max_substreams"):
+            Encoder.open(max_substreams=bad)
+
+
+def test_bench_substreams_reports_the_bytes_the_cuts_add(split_file: tuple[np.ndarray, bytes], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    image, data = split_file
+    Image.fromarray(image).save(tmp_path / "noise.png")
+    Image.fromarray(image[:64, :96]).save(tmp_path / "small.png")
+    out = tmp_path / "substreams.json"
+    assert main(["bench", "substreams", str(tmp_path), "--json", str(out), "-q"]) == 0
+    report = json.loads(out.read_text())
+    noise, small = sorted(report["images"], key=lambda row: row["name"])
+    assert noise["bytes_chosen"] == len(data) and min(noise["substreams"]) > 1
+    assert 0 < noise["bytes_chosen"] - noise["bytes_single"] < 0.001 * noise["bytes_single"]
+    assert small["substreams"] == [1, 1] and small["bytes_chosen"] == small["bytes_single"]
+    assert report["bytes_single"] == noise["bytes_single"] + small["bytes_single"]
+    assert "total" in capsys.readouterr().out
+    assert main(["bench", "substreams", str(tmp_path / "small.png"), "--size", "512x576", "-q",
+                 "--json", str(tmp_path / "resized.json")]) == 0
+    (resized,) = json.loads((tmp_path / "resized.json").read_text())["images"]
+    assert (resized["height"], resized["width"]) == (512, 576)

@@ -100,9 +100,8 @@ def coder_split(decoder: Decoder, data: bytes) -> tuple[tuple[int, int], int]:
 
     stream = bitstream.unpack(data, max_pixels=decoder.max_pixels)
     header = stream.header
-    counts = tuple(len(substreams.parse(payload, header.y_h, header.substreams))
-                   for payload in (stream.anchors, stream.nonanchors))
-    return (counts[0], counts[1]), substreams.worker_count(decoder.model.y_coder, decoder.coder_threads, max(counts))
+    counts = substreams.counts(stream.anchors, stream.nonanchors, header.y_h, header.substreams)
+    return counts, substreams.worker_count(decoder.model.y_coder, decoder.coder_threads, max(counts))
 
 
 def profile_images(encoder: Encoder, decoder: Decoder, paths: list[Path], repeat: int) -> ProfileReport:

@@ -51,10 +51,9 @@ def _peak() -> int:
 
 
 def _image(source: str, height: int, width: int) -> np.ndarray:
-    from PIL import Image
+    from ckbd.runtime.imageio import read_image, resized
 
-    with Image.open(source) as img:
-        return np.asarray(img.convert("RGB").resize((width, height), Image.Resampling.BICUBIC))
+    return resized(read_image(Path(source), quiet=True), height, width)
 
 
 def child(job: dict[str, Any]) -> dict[str, Any]:

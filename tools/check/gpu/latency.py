@@ -43,12 +43,9 @@ class Size:
 
 def sized(image: np.ndarray, size: Size) -> np.ndarray:
     """``image`` resized (bicubic) to ``size``; the same array when it already is."""
-    from PIL import Image
+    from ckbd.runtime.imageio import resized
 
-    if image.shape[:2] == (size.height, size.width):
-        return image
-    resized = Image.fromarray(image).resize((size.width, size.height), Image.Resampling.BICUBIC)
-    return np.asarray(resized, dtype=np.uint8)
+    return resized(image, size.height, size.width)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from ckbd.cli.groups import register_group
 bench_app = typer.Typer(help="Benchmark parts of the runtime.", no_args_is_help=True)
 
 #: The commands of the group, one module each, in help order.
-MEMBERS = ('coder', 'codecs', 'entropy_params', 'int8', 'ops', 'memory', 'serving')
+MEMBERS = ('coder', 'substreams', 'codecs', 'entropy_params', 'int8', 'ops', 'memory', 'serving')
 
 
 def register(app: typer.Typer) -> None:
