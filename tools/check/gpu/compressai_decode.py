@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ckbd.runtime.imageio import resized
 from ckbd.tools.check.gpu.compare import one_line
-from ckbd.tools.check.gpu.latency import Size, sized
+from ckbd.tools.check.gpu.latency import Size
 from ckbd.tools.check.gpu.models import CheckedModel
 
 
@@ -43,7 +44,7 @@ def run_compressai(models: Sequence[CheckedModel], source: Any, sizes: Sequence[
             if time.monotonic() > deadline:
                 not_measured.append(f"{checked.name} {size} (time budget)")
                 continue
-            rows.append(_row(model, checked.name, sized(source, size), size, device, repeat, latency_rows))
+            rows.append(_row(model, checked.name, resized(source, size.height, size.width), size, device, repeat, latency_rows))
             tick(f"compressai {checked.name} {size}")
     return {"skipped": None, "compressai": note, "ok": all("error" not in r for r in rows), "rows": rows,
             "not_measured": not_measured}

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ckbd.runtime.codec import Decoder, Encoder
+from ckbd.runtime.imageio import resized
 from ckbd.tools.check.gpu.compare import one_line
 from ckbd.tools.check.gpu.models import CheckedModel, open_codec
 from ckbd.tools.check.gpu.timing import Clock, TimedDecoder, measure, medians, pixels_psnr
@@ -39,13 +40,6 @@ class Size:
 
     def __str__(self) -> str:
         return f"{self.width}x{self.height}"
-
-
-def sized(image: np.ndarray, size: Size) -> np.ndarray:
-    """``image`` resized (bicubic) to ``size``; the same array when it already is."""
-    from ckbd.runtime.imageio import resized
-
-    return resized(image, size.height, size.width)
 
 
 @dataclass
@@ -82,7 +76,7 @@ def _model_rows(checked: CheckedModel, source: np.ndarray, plan: LatencyPlan, cl
             if time.monotonic() > deadline:
                 skipped += [f"{checked.name} {size} {p} (time budget)" for p in plan.precisions]
                 continue
-            image = sized(source, size)
+            image = resized(source, size.height, size.width)
             if encoder is None:
                 encoder = open_codec(Encoder, checked, plan.device)
             encoded = encoder.encode_detailed(image, estimate=False)
